@@ -1,0 +1,627 @@
+//! Configuration: built-in defaults < `config.yaml` < `MINER2MQTT_*` environment variables (nested
+//! keys split on `__`, e.g. `MINER2MQTT_MQTT__HOST`). The raw, deserialised form is turned into a
+//! validated `Config` in a separate step; every error names the key, where it came from (file or
+//! variable) and the offending value.
+
+use crate::miner::axeos::ConfiguredPool;
+use figment::providers::{Env, Format, Serialized, Yaml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration problem, phrased for the person editing the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist (pass --config with the right path, or create it from the example config.yaml)")]
+    Missing(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    #[error("invalid configuration: {key} (from {source_name}) is {value}: {hint}")]
+    Invalid {
+        key: String,
+        source_name: String,
+        value: String,
+        hint: String,
+    },
+}
+
+/// A secret: accepts a string, or a number YAML or the environment parsed as one. Never printed.
+#[derive(Clone, Default, PartialEq, Serialize)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Scalar {
+            S(String),
+            I(i64),
+            U(u64),
+            F(f64),
+            B(bool),
+        }
+        Ok(Secret(match Scalar::deserialize(d)? {
+            Scalar::S(s) => s,
+            Scalar::I(i) => i.to_string(),
+            Scalar::U(u) => u.to_string(),
+            Scalar::F(f) => f.to_string(),
+            Scalar::B(b) => b.to_string(),
+        }))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMqtt {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// A file holding the password (Docker/HA secrets); wins over `password`.
+    pub password_file: Option<PathBuf>,
+    pub client_id: String,
+    pub base_topic: String,
+    pub discovery_prefix: String,
+    #[serde(with = "humantime_serde")]
+    pub keepalive: Duration,
+    pub tls: bool,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for RawMqtt {
+    fn default() -> Self {
+        RawMqtt {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            username: None,
+            password: None,
+            password_file: None,
+            client_id: "miner2mqtt".into(),
+            base_topic: "miner2mqtt".into(),
+            discovery_prefix: "homeassistant".into(),
+            keepalive: Duration::from_secs(20),
+            tls: false,
+            ca_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    pub path: PathBuf,
+    pub cache_capacity_mb: u64,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            path: "miner2mqtt.db".into(),
+            cache_capacity_mb: 16,
+        }
+    }
+}
+
+/// The always-on safety settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Safety {
+    /// ASIC °C at which the watchdog steps down.
+    pub temp_limit: f64,
+    /// ASIC °C at which the miner is overheating: safe profile and an alert.
+    pub temp_overheat: f64,
+    /// VR °C at which the miner is overheating.
+    pub vr_temp_limit: f64,
+    /// The lowest manual fan duty accepted, %.
+    pub min_fan_speed: u8,
+    /// Allow limits above the ASIC's rated range (never above its absolute range).
+    pub allow_overclock: bool,
+}
+
+impl Default for Safety {
+    fn default() -> Self {
+        Safety {
+            temp_limit: 65.0,
+            temp_overheat: 70.0,
+            vr_temp_limit: 85.0,
+            min_fan_speed: 20,
+            allow_overclock: false,
+        }
+    }
+}
+
+/// An inclusive range written as `{ min: .., max: .. }`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bounds {
+    pub min: u32,
+    pub max: u32,
+}
+
+/// Per-miner limits tighter than the ASIC's own.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitOverrides {
+    pub frequency: Option<Bounds>,
+    pub core_voltage: Option<Bounds>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MinerKind {
+    /// Bitaxe and NerdQaxe++ (ESP-Miner HTTP API).
+    #[serde(alias = "bitaxe", alias = "nerdqaxe", alias = "esp-miner")]
+    Axeos,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMiner {
+    pub name: String,
+    pub kind: MinerKind,
+    pub host: String,
+    /// Base32 TOTP secret for NerdQaxe firmware with OTP enabled.
+    #[serde(default)]
+    pub totp_secret: Option<Secret>,
+    #[serde(default)]
+    pub limits: LimitOverrides,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub url: String,
+    pub port: u16,
+    pub user: String,
+    #[serde(default)]
+    pub password: Option<Secret>,
+}
+
+/// A mode preset override: `modes: { BM1370: { eco: { frequency: 450, core_voltage: 1100 } } }`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPreset {
+    pub frequency: u32,
+    pub core_voltage: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub mqtt: RawMqtt,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Extra attempts within one poll before it counts as failed.
+    pub retries: u32,
+    /// Failed polls in a row before a miner is shown offline.
+    pub offline_after: u32,
+    pub log_level: String,
+    pub store: RawStore,
+    pub safety: Safety,
+    pub modes: BTreeMap<String, BTreeMap<String, RawPreset>>,
+    /// Pools offered for selection on firmware older than v2.15 (which has its own list).
+    pub pools: Vec<RawPool>,
+    pub miners: Vec<RawMiner>,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            mqtt: RawMqtt::default(),
+            poll_interval: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(5),
+            retries: 1,
+            offline_after: 3,
+            log_level: "info".into(),
+            store: RawStore::default(),
+            safety: Safety::default(),
+            modes: BTreeMap::new(),
+            pools: Vec::new(),
+            miners: Vec::new(),
+        }
+    }
+}
+
+/// The validated MQTT settings.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub client_id: String,
+    pub base_topic: String,
+    pub discovery_prefix: String,
+    pub keepalive: Duration,
+    pub tls: bool,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// One configured miner, validated.
+#[derive(Debug, Clone)]
+pub struct MinerConfig {
+    /// Unique, topic-safe name: `miner2mqtt/<name>/state`.
+    pub name: String,
+    pub kind: MinerKind,
+    /// `host` or `host:port`, without scheme.
+    pub host: String,
+    pub totp_secret: Option<Secret>,
+    pub limits: LimitOverrides,
+}
+
+/// The runtime configuration every part of the daemon reads.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mqtt: MqttConfig,
+    pub poll_interval: Duration,
+    pub request_timeout: Duration,
+    pub retries: u32,
+    pub offline_after: u32,
+    pub log_level: String,
+    pub store_path: PathBuf,
+    pub store_cache_bytes: u64,
+    pub safety: Safety,
+    /// ASIC model (upper case) → mode name → preset.
+    pub modes: BTreeMap<String, BTreeMap<String, RawPreset>>,
+    pub pools: Vec<ConfiguredPool>,
+    pub miners: Vec<MinerConfig>,
+    /// Whether the MQTT password came from `mqtt.password_file`.
+    password_file_used: bool,
+}
+
+/// The log levels the bridge's select offers.
+pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+/// Loads `path` (which must exist when `explicit`), then the environment.
+pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
+    if explicit && !path.exists() {
+        return Err(ConfigError::Missing(path.to_path_buf()));
+    }
+    let figment = Figment::from(Serialized::defaults(RawConfig::default()))
+        .merge(Yaml::file(path))
+        .merge(env_provider());
+    let mut config = from_figment(&figment)?;
+    // The environment layer parses values ("0042" would become 42); a secret keeps its bytes.
+    if config.mqtt_password_from_file_is_unset() {
+        if let Ok(raw) = std::env::var("MINER2MQTT_MQTT__PASSWORD") {
+            config.mqtt.password = Some(Secret(raw));
+        }
+    }
+    Ok(config)
+}
+
+/// The environment layer: `MINER2MQTT_MQTT__HOST` → `mqtt.host`.
+pub fn env_provider() -> Env {
+    Env::prefixed("MINER2MQTT_").split("__").ignore(&["config"])
+}
+
+/// Extracts and validates from any figment (tests build their own).
+pub fn from_figment(figment: &Figment) -> Result<Config, ConfigError> {
+    let raw: RawConfig = figment.extract().map_err(|e| {
+        let msgs: Vec<String> = e.into_iter().map(|e| describe_figment_error(&e)).collect();
+        ConfigError::Parse(msgs.join("; "))
+    })?;
+    validate(raw, figment)
+}
+
+fn describe_figment_error(e: &figment::Error) -> String {
+    let key = if e.path.is_empty() {
+        "(top level)".to_string()
+    } else {
+        e.path.join(".")
+    };
+    let source = e
+        .metadata
+        .as_ref()
+        .map(|m| describe_source(m, &e.path))
+        .unwrap_or_else(|| "configuration".into());
+    format!("{key} (from {source}): {}", e.kind)
+}
+
+/// "config.yaml", or the exact environment variable for `path`.
+fn describe_source(m: &figment::Metadata, path: &[String]) -> String {
+    if m.name.contains("environment") && !path.is_empty() {
+        let var: Vec<String> = path.iter().map(|p| p.to_ascii_uppercase()).collect();
+        return format!("environment variable MINER2MQTT_{}", var.join("__"));
+    }
+    match &m.source {
+        Some(s) => format!("{} {s}", m.name),
+        None => m.name.to_string(),
+    }
+}
+
+fn source_of(figment: &Figment, key: &str) -> String {
+    let path: Vec<String> = key
+        .split('.')
+        .filter(|p| !p.contains('['))
+        .map(str::to_string)
+        .collect();
+    match figment.find_metadata(key.split('[').next().unwrap_or(key)) {
+        Some(m) => describe_source(m, &path),
+        None => "defaults".into(),
+    }
+}
+
+fn validate(raw: RawConfig, figment: &Figment) -> Result<Config, ConfigError> {
+    let invalid = |key: &str, value: &dyn fmt::Display, hint: &str| ConfigError::Invalid {
+        key: key.to_string(),
+        source_name: source_of(figment, key),
+        value: value.to_string(),
+        hint: hint.to_string(),
+    };
+
+    let m = raw.mqtt;
+    if m.host.trim().is_empty() {
+        return Err(invalid("mqtt.host", &"empty", "set the broker's host name or IP"));
+    }
+    if m.port == 0 {
+        return Err(invalid("mqtt.port", &0, "use the broker's port, usually 1883"));
+    }
+    for (key, topic) in [("mqtt.base_topic", &m.base_topic), ("mqtt.discovery_prefix", &m.discovery_prefix)] {
+        if topic.is_empty() || topic.contains(['+', '#']) || topic.starts_with('/') || topic.ends_with('/') {
+            return Err(invalid(key, &format!("{topic:?}"), "use a plain topic such as \"miner2mqtt\" (no wildcards, no leading or trailing /)"));
+        }
+    }
+    if !(Duration::from_secs(5)..=Duration::from_secs(600)).contains(&m.keepalive) {
+        return Err(invalid("mqtt.keepalive", &humantime::format_duration(m.keepalive), "use 5s to 10m; 20s suits most brokers"));
+    }
+    let password = match &m.password_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid("mqtt.password_file", &path.display(), &format!("cannot read it: {e}"))
+            })?;
+            Some(Secret(text.trim_end_matches(['\n', '\r']).to_string()))
+        }
+        None => m.password.clone(),
+    };
+    if let Some(ca) = &m.ca_file {
+        if !ca.exists() {
+            return Err(invalid("mqtt.ca_file", &ca.display(), "the file does not exist"));
+        }
+    }
+
+    if raw.poll_interval < Duration::from_secs(1) {
+        return Err(invalid("poll_interval", &humantime::format_duration(raw.poll_interval), "poll at most once a second; 30s is the default"));
+    }
+    if raw.request_timeout < Duration::from_millis(100) || raw.request_timeout > raw.poll_interval.max(Duration::from_secs(1)) * 2 {
+        return Err(invalid("request_timeout", &humantime::format_duration(raw.request_timeout), "use between 100ms and twice the poll interval"));
+    }
+    if raw.offline_after == 0 {
+        return Err(invalid("offline_after", &0, "at least 1 failed poll"));
+    }
+    if !LOG_LEVELS.contains(&raw.log_level.as_str()) {
+        return Err(invalid("log_level", &format!("{:?}", raw.log_level), "use one of error, warn, info, debug, trace"));
+    }
+    let s = &raw.safety;
+    if !(s.temp_limit > 0.0 && s.temp_limit < s.temp_overheat && s.temp_overheat <= 90.0) {
+        return Err(invalid("safety.temp_limit", &format!("{} / temp_overheat {}", s.temp_limit, s.temp_overheat), "temp_limit must be below temp_overheat, and temp_overheat at most 90 °C"));
+    }
+    if !(40.0..=110.0).contains(&s.vr_temp_limit) {
+        return Err(invalid("safety.vr_temp_limit", &s.vr_temp_limit, "use 40 to 110 °C"));
+    }
+    if s.min_fan_speed > 100 {
+        return Err(invalid("safety.min_fan_speed", &s.min_fan_speed, "a percentage, 0 to 100"));
+    }
+
+    let mut modes = BTreeMap::new();
+    for (model, presets) in raw.modes {
+        for (name, p) in &presets {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return Err(invalid(&format!("modes.{model}"), &format!("{name:?}"), "mode names are letters, digits, - and _"));
+            }
+            if let Some(profile) = crate::miner::asic::profile(&model) {
+                if !profile.absolute_frequency_mhz.contains(&p.frequency) || !profile.absolute_core_voltage_mv.contains(&p.core_voltage) {
+                    return Err(invalid(&format!("modes.{model}.{name}"), &format!("{} MHz / {} mV", p.frequency, p.core_voltage),
+                        &format!("{model} never runs outside {:?} MHz and {:?} mV", profile.absolute_frequency_mhz, profile.absolute_core_voltage_mv)));
+                }
+            }
+        }
+        modes.insert(model.to_ascii_uppercase(), presets);
+    }
+
+    let mut pools = Vec::new();
+    for (i, p) in raw.pools.into_iter().enumerate() {
+        if p.url.trim().is_empty() || p.url.contains("://") {
+            return Err(invalid(&format!("pools[{i}].url"), &format!("{:?}", p.url), "the pool's host name without stratum+tcp://"));
+        }
+        pools.push(ConfiguredPool {
+            url: p.url,
+            port: p.port,
+            user: p.user,
+            password: p.password.map(|s| s.0).unwrap_or_else(|| "x".into()),
+        });
+    }
+
+    let mut miners: Vec<MinerConfig> = Vec::new();
+    for (i, rm) in raw.miners.into_iter().enumerate() {
+        let key = |field: &str| format!("miners[{i}].{field}");
+        let name = rm.name.trim().to_string();
+        if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(invalid(&key("name"), &format!("{:?}", rm.name), "names become MQTT topics: use letters, digits, - and _ (at most 64)"));
+        }
+        if name == "bridge" {
+            return Err(invalid(&key("name"), &"\"bridge\"", "\"bridge\" is the daemon's own topic; pick another name"));
+        }
+        if miners.iter().any(|m| m.name == name) {
+            return Err(invalid(&key("name"), &format!("{name:?}"), "another miner has the same name"));
+        }
+        let mut host = rm.host.trim().trim_start_matches("http://").trim_end_matches('/').to_string();
+        if host.is_empty() || host.contains(['/', ' ']) {
+            return Err(invalid(&key("host"), &format!("{:?}", rm.host), "the miner's IP address or host name, optionally with :port"));
+        }
+        if let Some((h, port)) = host.rsplit_once(':') {
+            if !h.contains(':') && port.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err(invalid(&key("host"), &format!("{:?}", rm.host), "the port after ':' must be 1 to 65535"));
+            }
+        }
+        host.shrink_to_fit();
+        for (field, b) in [("frequency", rm.limits.frequency), ("core_voltage", rm.limits.core_voltage)] {
+            if let Some(b) = b {
+                if b.min > b.max || b.min == 0 {
+                    return Err(invalid(&key(&format!("limits.{field}")), &format!("{}..{}", b.min, b.max), "min must be above 0 and not above max"));
+                }
+            }
+        }
+        if let Some(secret) = &rm.totp_secret {
+            if crate::miner::axeos::totp(secret.expose()).is_err() {
+                return Err(invalid(&key("totp_secret"), &"<redacted>", "not a base32 TOTP secret as the NerdQaxe shows it"));
+            }
+        }
+        miners.push(MinerConfig {
+            name,
+            kind: rm.kind,
+            host,
+            totp_secret: rm.totp_secret,
+            limits: rm.limits,
+        });
+    }
+
+    Ok(Config {
+        mqtt: MqttConfig {
+            host: m.host,
+            port: m.port,
+            username: m.username,
+            password,
+            client_id: m.client_id,
+            base_topic: m.base_topic,
+            discovery_prefix: m.discovery_prefix,
+            keepalive: m.keepalive,
+            tls: m.tls,
+            ca_file: m.ca_file,
+        },
+        poll_interval: raw.poll_interval,
+        request_timeout: raw.request_timeout,
+        retries: raw.retries,
+        offline_after: raw.offline_after,
+        log_level: raw.log_level,
+        store_path: raw.store.path,
+        store_cache_bytes: raw.store.cache_capacity_mb.max(1) * 1024 * 1024,
+        safety: raw.safety,
+        modes,
+        pools,
+        miners,
+        password_file_used: m.password_file.is_some(),
+    })
+}
+
+impl Config {
+    fn mqtt_password_from_file_is_unset(&self) -> bool {
+        std::env::var_os("MINER2MQTT_MQTT__PASSWORD_FILE").is_none() && !self.password_file_used
+    }
+
+    /// The configuration as `bridge/info` shows it: secrets removed.
+    pub fn public_view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "mqtt": {
+                "host": self.mqtt.host,
+                "port": self.mqtt.port,
+                "username": self.mqtt.username,
+                "base_topic": self.mqtt.base_topic,
+                "discovery_prefix": self.mqtt.discovery_prefix,
+                "tls": self.mqtt.tls,
+            },
+            "poll_interval": humantime::format_duration(self.poll_interval).to_string(),
+            "request_timeout": humantime::format_duration(self.request_timeout).to_string(),
+            "offline_after": self.offline_after,
+            "safety": self.safety,
+            "miners": self.miners.iter().map(|m| serde_json::json!({
+                "name": m.name, "kind": m.kind, "host": m.host, "limits": m.limits,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::Yaml;
+
+    fn load_str(yaml: &str) -> Result<Config, ConfigError> {
+        from_figment(&Figment::from(Serialized::defaults(RawConfig::default())).merge(Yaml::string(yaml)))
+    }
+
+    #[test]
+    fn the_minimal_shape_from_the_issue_loads() {
+        let c = load_str(
+            "mqtt: { host: 127.0.0.1, port: 1883, base_topic: miner2mqtt, discovery_prefix: homeassistant }\n\
+             poll_interval: 30s\n\
+             miners:\n  - { name: bitaxe-1, kind: axeos, host: 192.168.1.50 }\n",
+        )
+        .unwrap();
+        assert_eq!(c.poll_interval, Duration::from_secs(30));
+        assert_eq!(c.miners[0].host, "192.168.1.50");
+        assert_eq!(c.miners[0].kind, MinerKind::Axeos);
+    }
+
+    #[test]
+    fn numeric_password_is_accepted_and_never_printed() {
+        let c = load_str("mqtt: { password: 123456 }").unwrap();
+        assert_eq!(c.mqtt.password.as_ref().unwrap().expose(), "123456");
+        assert!(!format!("{c:?}").contains("123456"));
+        assert!(!c.public_view().to_string().contains("123456"));
+    }
+
+    #[test]
+    fn a_bad_value_names_the_key_and_the_value() {
+        let e = load_str("miners:\n  - { name: 'bad name', kind: axeos, host: x }").unwrap_err().to_string();
+        assert!(e.contains("miners[0].name") && e.contains("bad name"), "{e}");
+        let e = load_str("poll_interval: soon").unwrap_err().to_string();
+        assert!(e.contains("poll_interval"), "{e}");
+        let e = load_str("mqtt: { hots: x }").unwrap_err().to_string();
+        assert!(e.contains("hots"), "{e}");
+        let e = load_str("miners:\n  - { name: a, kind: toaster, host: x }").unwrap_err().to_string();
+        assert!(e.contains("toaster"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_and_bad_ports_are_refused() {
+        assert!(load_str("miners: [{name: a, kind: axeos, host: x}, {name: a, kind: axeos, host: y}]").is_err());
+        assert!(load_str("miners: [{name: a, kind: axeos, host: 'x:99999'}]").is_err());
+        let c = load_str("miners: [{name: a, kind: bitaxe, host: 'http://x:8080/'}]").unwrap();
+        assert_eq!(c.miners[0].host, "x:8080");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("config.yaml", "mqtt: { host: file-host, port: 1883 }")?;
+            jail.set_env("MINER2MQTT_MQTT__HOST", "env-host");
+            jail.set_env("MINER2MQTT_MQTT__PASSWORD", "0042");
+            let c = load(Path::new("config.yaml"), true).map_err(|e| e.to_string())?;
+            assert_eq!(c.mqtt.host, "env-host");
+            assert_eq!(c.mqtt.password.unwrap().expose(), "0042");
+            jail.set_env("MINER2MQTT_MQTT__PORT", "not-a-port");
+            let e = load(Path::new("config.yaml"), true).unwrap_err().to_string();
+            assert!(e.contains("mqtt.port") && e.contains("MINER2MQTT_MQTT__PORT"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn password_file_wins() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("pw", "s3cret\n")?;
+            jail.set_env("MINER2MQTT_MQTT__PASSWORD_FILE", "pw");
+            let c = load(Path::new("absent.yaml"), false).map_err(|e| e.to_string())?;
+            assert_eq!(c.mqtt.password.unwrap().expose(), "s3cret");
+            Ok(())
+        });
+    }
+}

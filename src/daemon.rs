@@ -1,0 +1,568 @@
+//! The daemon: starts the pollers and the MQTT session, and runs the hub that owns all fleet
+//! state. The hub is the only place that decides what to publish, so no lock guards fleet state:
+//! pollers and the MQTT session talk to it through channels.
+//!
+//! Shutdown order: cancel the pollers, publish `offline`, disconnect MQTT, wait for the tasks
+//! (bounded), flush the store.
+
+use crate::config::{Config, MinerConfig, MinerKind, LOG_LEVELS};
+use crate::fleet::{spawn_poller, FleetEvent, MinerHandle};
+use crate::hass::discovery::{self, MinerDevice};
+use crate::hass::{command, state, Topics};
+use crate::miner::axeos::AxeOsClient;
+use crate::miner::{Command, MinerClient, Reading};
+use crate::mqtt::{self, Mqtt, MqttEvent};
+use crate::safety::Limits;
+use crate::store::{Sample, Store};
+use rand::Rng;
+use serde_json::{json, Value};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How the daemon ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Stopped by a signal or the caller's token.
+    Stopped,
+    /// Asked to restart through `bridge/request/restart`: the caller runs it again.
+    Restart,
+}
+
+/// Changes the process's log filter; `main` passes one built on tracing-subscriber's reload.
+pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// How long retained discovery may take to arrive after a ConnAck before we compare with it.
+const RETAINED_SETTLE: Duration = Duration::from_millis(750);
+/// How often bridge/info may be republished when it changes.
+const INFO_EVERY: Duration = Duration::from_secs(5);
+
+struct Slot {
+    config: MinerConfig,
+    handle: MinerHandle,
+    reading: Option<Reading>,
+    /// What the miner's availability topic says now (`None` before the first publish).
+    online: Option<bool>,
+    failures: u32,
+    limits: Option<Limits>,
+    hardware_id: Option<String>,
+    store_number: Option<u32>,
+    warned: HashSet<String>,
+}
+
+struct Hub {
+    config: Config,
+    topics: Topics,
+    mqtt: Mqtt,
+    store: Store,
+    slots: Vec<Slot>,
+    connected: bool,
+    /// Set once the retained discovery of a fresh session has had time to arrive.
+    synced: bool,
+    sync_at: Option<Instant>,
+    republish_at: Option<Instant>,
+    info_dirty: bool,
+    info_at: Instant,
+    /// Hash of the retained payload on each of our discovery topics, as the broker has it.
+    retained: HashMap<String, u64>,
+    log_level: String,
+    log_control: Option<LogControl>,
+    exit: Option<Exit>,
+    store_failing: bool,
+}
+
+fn payload_hash(bytes: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Runs the daemon until `cancel` fires or a restart is requested.
+pub async fn run(
+    config: Config,
+    cancel: CancellationToken,
+    log_control: Option<LogControl>,
+) -> anyhow::Result<Exit> {
+    let store = Store::open(&config.store_path, config.store_cache_bytes)?;
+    let topics = Topics::new(&config.mqtt.base_topic, &config.mqtt.discovery_prefix);
+
+    let tracker = TaskTracker::new();
+    let pollers = cancel.child_token();
+    let mqtt_stop = CancellationToken::new();
+    let (mqtt, mut mqtt_rx) = mqtt::start(&config.mqtt, &topics.bridge_state(), &tracker, mqtt_stop.clone())?;
+
+    let http = reqwest::Client::builder()
+        // ESP32 web servers have few sockets: never keep idle connections open to them.
+        .pool_max_idle_per_host(0)
+        .connect_timeout(config.request_timeout)
+        .build()?;
+    let (fleet_tx, mut fleet_rx) = mpsc::channel::<FleetEvent>(4096);
+    let mut slots = Vec::with_capacity(config.miners.len());
+    for (i, m) in config.miners.iter().enumerate() {
+        let client = match m.kind {
+            MinerKind::Axeos => {
+                let totp = m.totp_secret.as_ref().and_then(|s| crate::miner::axeos::totp(s.expose()).ok());
+                MinerClient::AxeOs(AxeOsClient::new(
+                    http.clone(),
+                    &m.host,
+                    config.request_timeout,
+                    config.retries,
+                    totp,
+                    config.pools.clone(),
+                ))
+            }
+        };
+        let handle = spawn_poller(i, m.name.clone(), client, config.poll_interval, fleet_tx.clone(), &tracker, pollers.clone());
+        slots.push(Slot {
+            config: m.clone(),
+            handle,
+            reading: None,
+            online: None,
+            failures: 0,
+            limits: None,
+            hardware_id: store.hardware_id_of(&m.name),
+            store_number: None,
+            warned: HashSet::new(),
+        });
+    }
+    drop(fleet_tx);
+    tracing::info!(miners = slots.len(), broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port), "miner2mqtt started");
+
+    let mut hub = Hub {
+        log_level: config.log_level.clone(),
+        config,
+        topics,
+        mqtt,
+        store,
+        slots,
+        connected: false,
+        synced: false,
+        sync_at: None,
+        republish_at: None,
+        info_dirty: true,
+        info_at: Instant::now(),
+        retained: HashMap::new(),
+        log_control,
+        exit: None,
+        store_failing: false,
+    };
+
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(ev) = fleet_rx.recv() => hub.on_fleet(ev),
+            Some(ev) = mqtt_rx.recv() => hub.on_mqtt(ev),
+            _ = tick.tick() => hub.on_tick(),
+        }
+        if hub.exit.is_some() {
+            break;
+        }
+    }
+
+    // Shutdown, in order.
+    pollers.cancel();
+    hub.mqtt.publish(hub.topics.bridge_state(), "offline", true);
+    hub.mqtt.disconnect();
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+        tracing::warn!("tasks did not stop within 5 s; stopping the MQTT session anyway");
+        mqtt_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
+    }
+    match hub.store.flush() {
+        Ok(_) => tracing::info!(path = %hub.store.path().display(), "history flushed"),
+        Err(e) => tracing::error!(error = %e, "history flush failed"),
+    }
+    Ok(hub.exit.unwrap_or(Exit::Stopped))
+}
+
+impl Hub {
+    fn on_fleet(&mut self, ev: FleetEvent) {
+        match ev {
+            FleetEvent::Polled { miner, at, reading } => self.on_reading(miner, at, *reading),
+            FleetEvent::PollFailed { miner, error } => {
+                let slot = &mut self.slots[miner];
+                slot.failures += 1;
+                if slot.failures >= self.config.offline_after && slot.online != Some(false) {
+                    tracing::warn!(miner = %slot.config.name, failures = slot.failures, %error, "miner offline");
+                    let name = slot.config.name.clone();
+                    self.set_availability(miner, false);
+                    self.event(json!({ "type": "miner_offline", "miner": name, "error": error }));
+                }
+            }
+            FleetEvent::CommandDone { miner, command, result } => {
+                let name = self.slots[miner].config.name.clone();
+                match result {
+                    Ok(()) => self.event(json!({ "type": "command_applied", "miner": name, "command": command.describe() })),
+                    Err(reason) => {
+                        self.event(json!({ "type": "command_failed", "miner": name, "command": command.describe(), "reason": reason }));
+                        // Show the device's real value again.
+                        self.publish_state(miner);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_reading(&mut self, i: usize, at: SystemTime, reading: Reading) {
+        let slot = &mut self.slots[i];
+        slot.failures = 0;
+        let hwid = reading
+            .identity
+            .hardware_id
+            .clone()
+            .unwrap_or_else(|| format!("name_{}", slot.config.name));
+        if reading.identity.hardware_id.is_none() && slot.warned.insert("mac".into()) {
+            tracing::warn!(miner = %slot.config.name, "the miner reports no MAC address; identifying it by its configured name");
+        }
+        let identity_changed = slot.hardware_id.as_deref() != Some(&hwid);
+        if identity_changed {
+            if let Err(e) = self.store.remember_name(&slot.config.name, &hwid) {
+                tracing::error!(error = %e, "cannot record the miner's identity");
+            }
+            slot.hardware_id = Some(hwid.clone());
+            slot.store_number = None;
+            self.info_dirty = true;
+        }
+        let caps_changed = slot.reading.as_ref().map(|r| (&r.capabilities, &r.identity.asic_model))
+            != Some((&reading.capabilities, &reading.identity.asic_model));
+        if caps_changed || slot.limits.is_none() {
+            let (limits, warnings) = Limits::resolve(&self.config, &slot.config, reading.identity.asic_model.as_deref(), &reading.capabilities);
+            for w in warnings {
+                if slot.warned.insert(w.clone()) {
+                    tracing::warn!("{w}");
+                }
+            }
+            slot.limits = Some(limits);
+        }
+        // History: every sample, tagged with its clock config.
+        if slot.store_number.is_none() {
+            slot.store_number = self.store.miner_number(&hwid).ok();
+        }
+        if let Some(n) = slot.store_number {
+            let result = self.store.record(n, &Sample::from_telemetry(millis(at), &reading.telemetry));
+            match (result, self.store_failing) {
+                (Err(e), false) => {
+                    tracing::error!(error = %e, "cannot write history; samples are not being kept");
+                    self.store_failing = true;
+                }
+                (Ok(()), true) => {
+                    tracing::info!("history writes work again");
+                    self.store_failing = false;
+                }
+                _ => {}
+            }
+        }
+        let slot = &mut self.slots[i];
+        slot.reading = Some(reading);
+        if slot.online != Some(true) {
+            if slot.online == Some(false) {
+                tracing::info!(miner = %slot.config.name, "miner back online");
+                let name = slot.config.name.clone();
+                self.event(json!({ "type": "miner_online", "miner": name }));
+            }
+            self.info_dirty = true;
+            self.publish_discovery(i, false);
+            self.set_availability(i, true);
+        } else if caps_changed || identity_changed {
+            self.publish_discovery(i, false);
+        }
+        self.publish_state(i);
+    }
+
+    fn on_mqtt(&mut self, ev: MqttEvent) {
+        match ev {
+            MqttEvent::Connected => {
+                self.connected = true;
+                self.synced = false;
+                self.retained.clear();
+                let t = &self.topics;
+                self.mqtt.subscribe(vec![
+                    t.discovery_wildcard(),
+                    format!("{}/+/set/+", t.base),
+                    format!("{}/bridge/request/+", t.base),
+                    t.ha_status(),
+                ]);
+                self.mqtt.publish(t.bridge_state(), "online", true);
+                self.info_dirty = true;
+                self.sync_at = Some(Instant::now() + RETAINED_SETTLE);
+            }
+            MqttEvent::Disconnected(_) => {
+                self.connected = false;
+                self.synced = false;
+            }
+            MqttEvent::Message { topic, payload, retain: _ } => self.on_message(&topic, &payload),
+        }
+    }
+
+    fn on_message(&mut self, topic: &str, payload: &[u8]) {
+        let t = &self.topics;
+        if let Some(rest) = topic.strip_prefix(&format!("{}/device/{}/", t.discovery_prefix, t.node)) {
+            if rest.ends_with("/config") {
+                if payload.is_empty() {
+                    self.retained.remove(topic);
+                } else {
+                    self.retained.insert(topic.to_string(), payload_hash(payload));
+                }
+            }
+            return;
+        }
+        if topic == t.ha_status() {
+            if payload == b"online" {
+                let delay = Duration::from_millis(rand::rng().random_range(500..2500));
+                tracing::info!(?delay, "Home Assistant came online; republishing");
+                self.republish_at = Some(Instant::now() + delay);
+            }
+            return;
+        }
+        let Some(rest) = topic.strip_prefix(&format!("{}/", t.base)) else { return };
+        if let Some(action) = rest.strip_prefix("bridge/request/") {
+            let action = action.to_string();
+            self.on_request(&action, payload);
+            return;
+        }
+        let mut parts = rest.splitn(3, '/');
+        if let (Some(name), Some("set"), Some(property)) = (parts.next(), parts.next(), parts.next()) {
+            let (name, property) = (name.to_string(), property.to_string());
+            self.on_set(&name, &property, payload);
+        }
+    }
+
+    fn on_set(&mut self, name: &str, property: &str, payload: &[u8]) {
+        let Some(i) = self.slots.iter().position(|s| s.config.name == name) else {
+            self.event(json!({ "type": "command_rejected", "miner": name, "property": property,
+                "value": String::from_utf8_lossy(payload), "reason": format!("no miner is named {name:?}") }));
+            return;
+        };
+        let value = String::from_utf8_lossy(payload).into_owned();
+        let verdict = match &self.slots[i].limits {
+            None => Err("the miner has not been read yet, so its limits are unknown; try again after it appears online".to_string()),
+            Some(limits) => std::str::from_utf8(payload)
+                .map_err(|_| "the payload is not UTF-8 text".to_string())
+                .and_then(|p| command::parse(property, p, limits))
+                .and_then(|cmd| limits.check(&cmd).map(|()| cmd)),
+        };
+        let verdict = verdict.and_then(|cmd: Command| {
+            if self.slots[i].online != Some(true) {
+                return Err("the miner is offline".to_string());
+            }
+            self.slots[i].handle.submit(cmd.clone()).map(|()| cmd)
+        });
+        match verdict {
+            Ok(cmd) => tracing::info!(miner = %name, command = %cmd.describe(), "command queued"),
+            Err(reason) => {
+                tracing::warn!(miner = %name, property, value = %value, %reason, "command refused");
+                self.event(json!({ "type": "command_rejected", "miner": name, "property": property, "value": value, "reason": reason }));
+                // The entity snaps back to the device's real value.
+                self.publish_state(i);
+            }
+        }
+    }
+
+    fn on_request(&mut self, action: &str, payload: &[u8]) {
+        let parsed: Value = serde_json::from_slice(payload).unwrap_or_else(|_| {
+            let text = String::from_utf8_lossy(payload).trim().to_string();
+            if text.is_empty() { json!({}) } else { json!({ "value": text }) }
+        });
+        let transaction = parsed.get("transaction").cloned();
+        let value = parsed.get("value").cloned().or_else(|| parsed.as_str().map(Value::from));
+        let result: Result<Value, String> = match action {
+            "log_level" => match value.as_ref().and_then(Value::as_str) {
+                Some(level) if LOG_LEVELS.contains(&level) => {
+                    let applied = match &self.log_control {
+                        Some(ctl) => ctl(level),
+                        None => Ok(()),
+                    };
+                    applied.map(|()| {
+                        tracing::info!(level, "log level changed");
+                        self.log_level = level.to_string();
+                        self.info_dirty = true;
+                        json!({ "value": level })
+                    })
+                }
+                other => Err(format!("log_level takes one of {}, got {:?}", LOG_LEVELS.join(", "), other)),
+            },
+            "restart" => {
+                tracing::info!("restart requested over MQTT");
+                self.exit = Some(Exit::Restart);
+                Ok(json!({}))
+            }
+            "health_check" => Ok(json!({
+                "healthy": true,
+                "miners": self.slots.len(),
+                "miners_online": self.slots.iter().filter(|s| s.online == Some(true)).count(),
+            })),
+            "history" => self.history(&parsed),
+            other => Err(format!("unknown request {other:?}; known: log_level, restart, health_check, history")),
+        };
+        let mut response = match result {
+            Ok(data) => json!({ "data": data, "status": "ok" }),
+            Err(error) => json!({ "data": {}, "status": "error", "error": error }),
+        };
+        if let Some(tx) = transaction {
+            response["transaction"] = tx;
+        }
+        self.mqtt.publish(self.topics.bridge_response(action), response.to_string(), false);
+    }
+
+    /// `{"miner": "bitaxe-1", "minutes": 60}` → that miner's samples, newest last (at most 2000).
+    fn history(&self, req: &Value) -> Result<Value, String> {
+        let name = req.get("miner").and_then(Value::as_str).ok_or("history needs \"miner\": the miner's name")?;
+        let minutes = req.get("minutes").and_then(Value::as_u64).unwrap_or(60).clamp(1, 60 * 24 * 31);
+        let slot = self.slots.iter().find(|s| s.config.name == name).ok_or_else(|| format!("no miner is named {name:?}"))?;
+        let hwid = slot.hardware_id.as_deref().ok_or("that miner has not been identified yet")?;
+        let n = self.store.miner_number(hwid).map_err(|e| e.to_string())?;
+        let now = millis(SystemTime::now());
+        let mut samples = self.store.window(n, now.saturating_sub(minutes * 60_000), now + 1).map_err(|e| e.to_string())?;
+        let skip = samples.len().saturating_sub(2000);
+        samples.drain(..skip);
+        serde_json::to_value(samples).map_err(|e| e.to_string())
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        if self.connected && !self.synced && self.sync_at.is_some_and(|t| now >= t) {
+            self.sync_at = None;
+            self.synced = true;
+            self.full_publish(false);
+        }
+        if self.synced && self.republish_at.is_some_and(|t| now >= t) {
+            self.republish_at = None;
+            self.full_publish(true);
+        }
+        if self.connected && self.info_dirty && now >= self.info_at {
+            self.info_dirty = false;
+            self.info_at = now + INFO_EVERY;
+            self.publish_info();
+        }
+    }
+
+    /// Everything a fresh session (or a restarted Home Assistant) needs: discovery where the
+    /// retained copy differs (all of it when `force`), stale discovery cleared, availability
+    /// and state.
+    fn full_publish(&mut self, force: bool) {
+        let (topic, payload) = discovery::bridge_discovery(&self.topics);
+        self.publish_retained_if_changed(topic.clone(), payload, force);
+        let mut expected: BTreeSet<String> = BTreeSet::from([topic]);
+        for slot in &self.slots {
+            if let Some(h) = &slot.hardware_id {
+                expected.insert(self.topics.discovery(&discovery::object_id(h)));
+            }
+        }
+        let stale: Vec<String> = self.retained.keys().filter(|t| !expected.contains(*t)).cloned().collect();
+        for topic in stale {
+            tracing::info!(%topic, "clearing discovery of a miner that is no longer configured");
+            self.mqtt.publish(topic.clone(), Vec::<u8>::new(), true);
+            self.retained.remove(&topic);
+        }
+        let configured: HashSet<&str> = self.slots.iter().map(|s| s.config.name.as_str()).collect();
+        for (name, _) in self.store.names() {
+            if !configured.contains(name.as_str()) {
+                self.mqtt.publish(self.topics.availability(&name), Vec::<u8>::new(), true);
+                let _ = self.store.forget_name(&name);
+            }
+        }
+        for i in 0..self.slots.len() {
+            if self.slots[i].reading.is_some() {
+                self.publish_discovery(i, force);
+            }
+            if let Some(online) = self.slots[i].online {
+                self.mqtt.publish(self.topics.availability(&self.slots[i].config.name), if online { "online" } else { "offline" }, true);
+            }
+            self.publish_state(i);
+        }
+    }
+
+    fn publish_retained_if_changed(&mut self, topic: String, payload: Value, force: bool) {
+        let bytes = payload.to_string().into_bytes();
+        let h = payload_hash(&bytes);
+        if !force && self.retained.get(&topic) == Some(&h) {
+            return;
+        }
+        self.retained.insert(topic.clone(), h);
+        self.mqtt.publish(topic, bytes, true);
+    }
+
+    fn publish_discovery(&mut self, i: usize, force: bool) {
+        if !self.synced {
+            return;
+        }
+        let slot = &self.slots[i];
+        let (Some(reading), Some(limits), Some(hwid)) = (&slot.reading, &slot.limits, &slot.hardware_id) else { return };
+        let (topic, payload) = discovery::miner_discovery(
+            &self.topics,
+            &MinerDevice {
+                name: &slot.config.name,
+                host: &slot.config.host,
+                hardware_id: hwid,
+                identity: &reading.identity,
+                capabilities: &reading.capabilities,
+                limits,
+            },
+        );
+        self.publish_retained_if_changed(topic, payload, force);
+    }
+
+    fn set_availability(&mut self, i: usize, online: bool) {
+        self.slots[i].online = Some(online);
+        self.info_dirty = true;
+        if self.connected {
+            let topic = self.topics.availability(&self.slots[i].config.name);
+            self.mqtt.publish(topic, if online { "online" } else { "offline" }, true);
+        }
+    }
+
+    fn publish_state(&mut self, i: usize) {
+        if !self.synced {
+            return;
+        }
+        let slot = &self.slots[i];
+        if slot.reading.is_none() {
+            return;
+        }
+        let body = state::state_json(slot.reading.as_ref().map(|r| &r.telemetry), slot.limits.as_ref(), &self.config.safety);
+        self.mqtt.publish(self.topics.state(&slot.config.name), body.to_string(), false);
+    }
+
+    fn publish_info(&mut self) {
+        let miners: Vec<Value> = self
+            .slots
+            .iter()
+            .map(|s| json!({
+                "name": s.config.name,
+                "kind": s.config.kind,
+                "host": s.config.host,
+                "hardware_id": s.hardware_id,
+                "online": s.online == Some(true),
+                "model": s.reading.as_ref().map(|r| r.identity.model.clone()),
+            }))
+            .collect();
+        let online = self.slots.iter().filter(|s| s.online == Some(true)).count();
+        let info = json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "log_level": self.log_level,
+            "miners_online": online,
+            "miners": miners,
+            "config": self.config.public_view(),
+        });
+        self.mqtt.publish(self.topics.bridge_info(), info.to_string(), true);
+    }
+
+    fn event(&mut self, mut event: Value) {
+        event["time"] = millis(SystemTime::now()).into();
+        if self.connected {
+            self.mqtt.publish(self.topics.bridge_event(), event.to_string(), false);
+        }
+    }
+}

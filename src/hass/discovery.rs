@@ -1,0 +1,468 @@
+//! Device-based discovery (`<prefix>/device/<node>/<object>/config` with `cmps`). One payload per
+//! miner and one for the bridge, retained, QoS 1. Options at the root (`state_topic`,
+//! `availability`, `qos`) are shared by every component. Entities are serde structs: a common
+//! base flattened into each component's platform-specific part.
+
+use super::Topics;
+use crate::config::LOG_LEVELS;
+use crate::miner::{Capabilities, Identity};
+use crate::safety::Limits;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// What every component carries.
+#[derive(Debug, Clone, Serialize)]
+pub struct Base {
+    /// `p`: the platform.
+    pub p: &'static str,
+    pub name: String,
+    pub unique_id: String,
+    /// The entity id HA should create (replaces the deprecated `object_id`).
+    pub default_entity_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icon: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entity_category: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_template: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SensorPart {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_class: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_class: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit_of_measurement: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suggested_display_precision: Option<u8>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NumberPart {
+    pub command_topic: String,
+    pub min: f64,
+    pub max: f64,
+    pub step: f64,
+    pub mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit_of_measurement: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_class: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SelectPart {
+    pub command_topic: String,
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SwitchPart {
+    pub command_topic: String,
+    pub payload_on: &'static str,
+    pub payload_off: &'static str,
+    pub state_on: &'static str,
+    pub state_off: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ButtonPart {
+    pub command_topic: String,
+    pub payload_press: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_class: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BinarySensorPart {
+    pub payload_on: &'static str,
+    pub payload_off: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_class: Option<&'static str>,
+}
+
+/// A component: the base and its platform's fields, flattened into one object.
+#[derive(Debug, Clone, Serialize)]
+pub struct Component<P: Serialize> {
+    #[serde(flatten)]
+    pub base: Base,
+    #[serde(flatten)]
+    pub part: P,
+    /// Per-component overrides of the shared root options (the bridge's own topics).
+    #[serde(flatten)]
+    pub extra: BTreeMap<&'static str, Value>,
+}
+
+/// Collects components for one device.
+struct Builder<'a> {
+    topics: &'a Topics,
+    unique_prefix: String,
+    entity_prefix: String,
+    cmps: serde_json::Map<String, Value>,
+}
+
+impl<'a> Builder<'a> {
+    fn base(&self, platform: &'static str, key: &str, name: &str) -> Base {
+        Base {
+            p: platform,
+            name: name.into(),
+            unique_id: format!("{}_{key}", self.unique_prefix),
+            default_entity_id: format!("{platform}.{}_{key}", self.entity_prefix),
+            icon: None,
+            entity_category: None,
+            value_template: Some(format!("{{{{ value_json.{key} }}}}")),
+        }
+    }
+
+    fn add<P: Serialize>(&mut self, key: &str, base: Base, part: P) {
+        self.add_with(key, base, part, BTreeMap::new())
+    }
+
+    fn add_with<P: Serialize>(
+        &mut self,
+        key: &str,
+        base: Base,
+        part: P,
+        extra: BTreeMap<&'static str, Value>,
+    ) {
+        let value = serde_json::to_value(Component { base, part, extra })
+            .expect("discovery components serialise");
+        self.cmps.insert(key.into(), value);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn sensor(
+        &mut self,
+        key: &str,
+        name: &str,
+        device_class: Option<&'static str>,
+        unit: Option<&'static str>,
+        state_class: Option<&'static str>,
+        precision: Option<u8>,
+        icon: Option<&'static str>,
+        diagnostic: bool,
+    ) {
+        let mut base = self.base("sensor", key, name);
+        base.icon = icon;
+        base.entity_category = diagnostic.then_some("diagnostic");
+        self.add(
+            key,
+            base,
+            SensorPart {
+                device_class,
+                state_class,
+                unit_of_measurement: unit,
+                suggested_display_precision: precision,
+            },
+        );
+    }
+}
+
+/// `bitaxe-1` → `bitaxe_1`, as HA would slug it.
+pub fn slug(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect()
+}
+
+/// The discovery object id (and unique-id stem) of a miner.
+pub fn object_id(hardware_id: &str) -> String {
+    hardware_id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect()
+}
+
+/// The identifier of the bridge device, which every miner names as `via_device`.
+pub fn bridge_device_id(topics: &Topics) -> String {
+    format!("miner2mqtt_bridge_{}", topics.node)
+}
+
+fn origin() -> Value {
+    json!({
+        "name": "miner2mqtt",
+        "sw": env!("CARGO_PKG_VERSION"),
+        "url": "https://github.com/miner2mqtt/miner2mqtt",
+    })
+}
+
+/// What a miner's discovery is built from.
+pub struct MinerDevice<'a> {
+    pub name: &'a str,
+    pub host: &'a str,
+    pub hardware_id: &'a str,
+    pub identity: &'a Identity,
+    pub capabilities: &'a Capabilities,
+    pub limits: &'a Limits,
+}
+
+/// The discovery topic and payload for one miner.
+pub fn miner_discovery(topics: &Topics, m: &MinerDevice<'_>) -> (String, Value) {
+    let oid = object_id(m.hardware_id);
+    let mut b = Builder {
+        topics,
+        unique_prefix: format!("miner2mqtt_{oid}"),
+        entity_prefix: slug(m.name),
+        cmps: serde_json::Map::new(),
+    };
+    let meas = Some("measurement");
+    b.sensor("hashrate", "Hashrate", None, Some("GH/s"), meas, Some(1), Some("mdi:pickaxe"), false);
+    b.sensor("expected_hashrate", "Expected hashrate", None, Some("GH/s"), meas, Some(1), Some("mdi:pickaxe"), false);
+    b.sensor("power", "Power", Some("power"), Some("W"), meas, Some(1), None, false);
+    b.sensor("efficiency", "Efficiency", None, Some("J/TH"), meas, Some(1), Some("mdi:leaf"), false);
+    b.sensor("asic_temp", "ASIC temperature", Some("temperature"), Some("°C"), meas, Some(1), None, false);
+    b.sensor("vr_temp", "VR temperature", Some("temperature"), Some("°C"), meas, Some(1), None, false);
+    b.sensor("fan_speed", "Fan", None, Some("%"), meas, Some(0), Some("mdi:fan"), false);
+    b.sensor("fan_rpm", "Fan RPM", None, Some("rpm"), meas, Some(0), Some("mdi:fan"), false);
+    b.sensor("input_voltage", "Input voltage", Some("voltage"), Some("V"), meas, Some(2), None, true);
+    b.sensor("current", "Current", Some("current"), Some("A"), meas, Some(2), None, true);
+    b.sensor("shares_accepted", "Accepted shares", None, None, Some("total_increasing"), Some(0), Some("mdi:check-circle-outline"), false);
+    b.sensor("shares_rejected", "Rejected shares", None, None, Some("total_increasing"), Some(0), Some("mdi:close-circle-outline"), false);
+    b.sensor("best_difficulty", "Best difficulty", None, None, meas, Some(0), Some("mdi:trophy-outline"), false);
+    b.sensor("uptime", "Uptime", Some("duration"), Some("s"), None, Some(0), None, true);
+    b.sensor("rssi", "Wi-Fi signal", Some("signal_strength"), Some("dBm"), meas, Some(0), None, true);
+    b.sensor("pool", "Pool", None, None, None, None, Some("mdi:server-network"), false);
+    {
+        let mut base = b.base("sensor", "firmware", "Firmware");
+        base.entity_category = Some("diagnostic");
+        base.icon = Some("mdi:chip");
+        // The firmware version lives in the device registry too; the sensor lets automations see it.
+        base.value_template = Some("{{ value_json.firmware }}".into());
+        b.add("firmware", base, SensorPart::default());
+    }
+    {
+        let mut base = b.base("binary_sensor", "overheating", "Overheating");
+        base.value_template = Some("{{ 'ON' if value_json.overheating else 'OFF' }}".into());
+        b.add(
+            "overheating",
+            base,
+            BinarySensorPart {
+                payload_on: "ON",
+                payload_off: "OFF",
+                device_class: Some("heat"),
+            },
+        );
+    }
+
+    let l = m.limits;
+    if let Some(r) = &l.frequency_mhz {
+        let mut base = b.base("number", "frequency", "Frequency");
+        base.entity_category = Some("config");
+        base.icon = Some("mdi:sine-wave");
+        let part = NumberPart {
+            command_topic: topics.set(m.name, "frequency"),
+            min: *r.start() as f64,
+            max: *r.end() as f64,
+            step: 1.0,
+            mode: "slider",
+            unit_of_measurement: Some("MHz"),
+            device_class: Some("frequency"),
+        };
+        b.add("frequency", base, part);
+    }
+    if let Some(r) = &l.core_voltage_mv {
+        let mut base = b.base("number", "core_voltage", "Core voltage");
+        base.entity_category = Some("config");
+        let part = NumberPart {
+            command_topic: topics.set(m.name, "core_voltage"),
+            min: *r.start() as f64,
+            max: *r.end() as f64,
+            step: 1.0,
+            mode: "slider",
+            unit_of_measurement: Some("mV"),
+            device_class: Some("voltage"),
+        };
+        b.add("core_voltage", base, part);
+    }
+    if let Some(r) = &l.fan_speed {
+        let mut base = b.base("number", "manual_fan_speed", "Manual fan speed");
+        base.entity_category = Some("config");
+        base.icon = Some("mdi:fan");
+        base.value_template = Some("{{ value_json.fan_speed }}".into());
+        let part = NumberPart {
+            command_topic: topics.set(m.name, "fan_speed"),
+            min: *r.start() as f64,
+            max: *r.end() as f64,
+            step: 1.0,
+            mode: "slider",
+            unit_of_measurement: Some("%"),
+            device_class: None,
+        };
+        b.add("manual_fan_speed", base, part);
+    }
+    if !l.modes.is_empty() {
+        let mut base = b.base("select", "mode", "Mode");
+        base.icon = Some("mdi:speedometer");
+        let part = SelectPart {
+            command_topic: topics.set(m.name, "mode"),
+            options: l.modes.iter().map(|(n, _)| n.clone()).collect(),
+        };
+        b.add("mode", base, part);
+    }
+    if !l.pools.is_empty() {
+        let mut base = b.base("select", "pool_select", "Pool selection");
+        base.entity_category = Some("config");
+        base.value_template = Some("{{ value_json.pool }}".into());
+        let part = SelectPart {
+            command_topic: topics.set(m.name, "pool"),
+            options: l.pools.clone(),
+        };
+        b.add("pool_select", base, part);
+    }
+    if l.auto_fan {
+        let mut base = b.base("switch", "auto_fan", "Auto fan");
+        base.entity_category = Some("config");
+        base.icon = Some("mdi:fan-auto");
+        base.value_template = Some("{{ 'ON' if value_json.auto_fan else 'OFF' }}".into());
+        let part = SwitchPart {
+            command_topic: topics.set(m.name, "auto_fan"),
+            payload_on: "ON",
+            payload_off: "OFF",
+            state_on: "ON",
+            state_off: "OFF",
+        };
+        b.add("auto_fan", base, part);
+    }
+    if l.pause {
+        let mut base = b.base("switch", "mining", "Mining");
+        base.icon = Some("mdi:pickaxe");
+        base.value_template = Some("{{ 'OFF' if value_json.paused else 'ON' }}".into());
+        let part = SwitchPart {
+            command_topic: topics.set(m.name, "mining"),
+            payload_on: "ON",
+            payload_off: "OFF",
+            state_on: "ON",
+            state_off: "OFF",
+        };
+        b.add("mining", base, part);
+    }
+    if l.restart {
+        let mut base = b.base("button", "restart", "Restart");
+        base.entity_category = Some("config");
+        base.value_template = None;
+        let part = ButtonPart {
+            command_topic: topics.set(m.name, "restart"),
+            payload_press: "PRESS",
+            device_class: Some("restart"),
+        };
+        b.add("restart", base, part);
+    }
+
+    let id = m.identity;
+    let mut device = json!({
+        "ids": [format!("miner2mqtt_{oid}")],
+        "name": m.name,
+        "mf": id.manufacturer,
+        "mdl": id.model,
+        "via_device": bridge_device_id(topics),
+        "cu": format!("http://{}/", m.host),
+    });
+    if let Some(fw) = &id.firmware {
+        device["sw"] = fw.clone().into();
+    }
+    if let Some(asic) = &id.asic_model {
+        device["hw"] = if id.asic_count > 1 {
+            format!("{}× {asic}", id.asic_count)
+        } else {
+            asic.clone()
+        }
+        .into();
+    }
+    if let Some(mac) = &id.mac {
+        device["cns"] = json!([["mac", mac.to_ascii_lowercase()]]);
+    }
+    let payload = json!({
+        "dev": device,
+        "o": origin(),
+        "cmps": Value::Object(b.cmps),
+        "state_topic": topics.state(m.name),
+        "availability": [
+            { "topic": topics.bridge_state() },
+            { "topic": topics.availability(m.name) },
+        ],
+        "availability_mode": "all",
+        "qos": 1,
+    });
+    (topics.discovery(&oid), payload)
+}
+
+/// The discovery topic and payload for the bridge device.
+pub fn bridge_discovery(topics: &Topics) -> (String, Value) {
+    let mut b = Builder {
+        topics,
+        unique_prefix: bridge_device_id(topics),
+        entity_prefix: format!("{}_bridge", slug(&topics.node)),
+        cmps: serde_json::Map::new(),
+    };
+    let info = |b: &Builder| -> BTreeMap<&'static str, Value> {
+        BTreeMap::from([("state_topic", Value::from(b.topics.bridge_info()))])
+    };
+    {
+        let mut base = b.base("binary_sensor", "connection_state", "Connection state");
+        base.entity_category = Some("diagnostic");
+        base.value_template = None;
+        let extra = BTreeMap::from([("state_topic", Value::from(topics.bridge_state()))]);
+        let part = BinarySensorPart {
+            payload_on: "online",
+            payload_off: "offline",
+            device_class: Some("connectivity"),
+        };
+        b.add_with("connection_state", base, part, extra);
+    }
+    {
+        let mut base = b.base("sensor", "version", "Version");
+        base.entity_category = Some("diagnostic");
+        base.icon = Some("mdi:information-outline");
+        let extra = info(&b);
+        b.add_with("version", base, SensorPart::default(), extra);
+    }
+    {
+        let mut base = b.base("sensor", "miners_online", "Miners online");
+        base.icon = Some("mdi:server");
+        let extra = info(&b);
+        let part = SensorPart {
+            state_class: Some("measurement"),
+            suggested_display_precision: Some(0),
+            ..Default::default()
+        };
+        b.add_with("miners_online", base, part, extra);
+    }
+    {
+        let mut base = b.base("select", "log_level", "Log level");
+        base.entity_category = Some("config");
+        let extra = info(&b);
+        let part = SelectPart {
+            command_topic: topics.bridge_request("log_level"),
+            options: LOG_LEVELS.iter().map(|s| s.to_string()).collect(),
+        };
+        b.add_with("log_level", base, part, extra);
+    }
+    {
+        let mut base = b.base("button", "restart", "Restart");
+        base.entity_category = Some("config");
+        base.value_template = None;
+        let part = ButtonPart {
+            command_topic: topics.bridge_request("restart"),
+            payload_press: "",
+            device_class: Some("restart"),
+        };
+        b.add("restart", base, part);
+    }
+    let payload = json!({
+        "dev": {
+            "ids": [bridge_device_id(topics)],
+            "name": "miner2mqtt bridge",
+            "mf": "miner2mqtt",
+            "mdl": "Bridge",
+            "sw": env!("CARGO_PKG_VERSION"),
+        },
+        "o": origin(),
+        "cmps": Value::Object(b.cmps),
+        "availability": [{ "topic": topics.bridge_state() }],
+        "qos": 1,
+    });
+    (topics.discovery(topics.bridge_object_id()), payload)
+}

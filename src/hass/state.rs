@@ -1,0 +1,76 @@
+//! The JSON published on `<base>/<miner>/state`: the telemetry plus what the daemon derives
+//! (efficiency, the mode the clock matches, overheating). Every key is always present.
+
+use crate::config::Safety;
+use crate::miner::Telemetry;
+use crate::safety::Limits;
+use serde_json::{Map, Value};
+
+/// Builds the state JSON. `telemetry` is `None` before the first successful poll, in which case
+/// every reading is `null`.
+pub fn state_json(telemetry: Option<&Telemetry>, limits: Option<&Limits>, safety: &Safety) -> Value {
+    let empty = Telemetry::default();
+    let t = telemetry.unwrap_or(&empty);
+    let mut map: Map<String, Value> = match serde_json::to_value(t) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    let round = |v: Option<f64>, digits: i32| {
+        v.map(|x| {
+            let p = 10f64.powi(digits);
+            (x * p).round() / p
+        })
+    };
+    map.insert("efficiency".into(), round(t.efficiency_j_per_th(), 2).into());
+    map.insert(
+        "mode".into(),
+        limits.and_then(|l| l.mode_of(t.clock())).map(str::to_string).into(),
+    );
+    map.insert("overheating".into(), overheating(t, safety).into());
+    Value::Object(map)
+}
+
+/// Overheating by our thresholds or the firmware's own trip; `None` when nothing is known.
+pub fn overheating(t: &Telemetry, safety: &Safety) -> Option<bool> {
+    let asic = t.asic_temp.map(|c| c >= safety.temp_overheat);
+    let vr = t.vr_temp.map(|c| c >= safety.vr_temp_limit);
+    let fw = t.firmware_overheat;
+    match (asic, vr, fw) {
+        (None, None, None) => None,
+        _ => Some(asic == Some(true) || vr == Some(true) || fw == Some(true)),
+    }
+}
+
+/// The keys of the state JSON, for tests and documentation.
+pub fn state_keys() -> Vec<String> {
+    match state_json(None, None, &Safety::default()) {
+        Value::Object(m) => m.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_is_present_and_null_before_the_first_poll() {
+        let v = state_json(None, None, &Safety::default());
+        let obj = v.as_object().unwrap();
+        for key in ["hashrate", "power", "efficiency", "asic_temp", "frequency", "mode", "overheating", "pool"] {
+            assert!(obj.get(key).unwrap().is_null(), "{key}");
+        }
+    }
+
+    #[test]
+    fn overheating_by_threshold_or_firmware() {
+        let s = Safety::default();
+        let mut t = Telemetry { asic_temp: Some(60.0), ..Default::default() };
+        assert_eq!(overheating(&t, &s), Some(false));
+        t.asic_temp = Some(71.0);
+        assert_eq!(overheating(&t, &s), Some(true));
+        t.asic_temp = Some(50.0);
+        t.firmware_overheat = Some(true);
+        assert_eq!(overheating(&t, &s), Some(true));
+    }
+}

@@ -1,0 +1,26 @@
+//! miner2mqtt: home bitcoin miners as Home Assistant devices over MQTT.
+//!
+//! Module map (data flows top to bottom):
+//! - [`config`]: figment layering (defaults < YAML < `MINER2MQTT_*`) and the validated `Config`.
+//! - [`miner`]: the device model (`Telemetry`, `Identity`, `Capabilities`, `Command`) and one
+//!   adapter per family behind `MinerClient`; [`miner::asic`] holds the per-ASIC limits.
+//! - [`safety`]: the limits every command is checked against before it can reach a miner.
+//! - [`fleet`]: one poller task per miner, with its serialised command queue.
+//! - [`store`]: the sled history of every sample, tagged with its clock config.
+//! - [`mqtt`]: the MQTT session (will, birth, resubscribe on every ConnAck, outbound queue).
+//! - [`hass`]: Home Assistant discovery payloads, state JSON and command parsing.
+//! - [`daemon`]: wires the above together and owns the shutdown order.
+//! - [`sim`]: faithful simulators of the devices, sharing no code with the adapters.
+//! - [`demo`] and [`bench`]: the one-command demo and the load benchmark.
+
+pub mod bench;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod fleet;
+pub mod hass;
+pub mod miner;
+pub mod mqtt;
+pub mod safety;
+pub mod sim;
+pub mod store;

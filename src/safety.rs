@@ -1,0 +1,326 @@
+//! The safety limits, resolved per miner, and the check every command passes before it can be
+//! queued for a device. Commands outside the limits are refused with a reason, never clamped.
+//!
+//! Limits start from the ASIC model's rated range (or its absolute range with
+//! `allow_overclock: true`), are narrowed by the miner's own `limits:` in the config, and are
+//! never widened. A miner whose ASIC model is unknown gets no frequency or voltage control.
+
+use crate::config::{Bounds, Config, MinerConfig};
+use crate::miner::{asic, Capabilities, ClockConfig, Command};
+use std::ops::RangeInclusive;
+
+/// What may be sent to one miner.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// The ASIC model the ranges come from.
+    pub asic_model: Option<String>,
+    pub frequency_mhz: Option<RangeInclusive<u32>>,
+    pub core_voltage_mv: Option<RangeInclusive<u32>>,
+    /// The range `allow_overclock: true` would open, to say so in a refusal.
+    pub overclock_frequency_mhz: Option<RangeInclusive<u32>>,
+    pub overclock_core_voltage_mv: Option<RangeInclusive<u32>>,
+    /// Manual fan duty accepted, %; `None` when the fan cannot be set.
+    pub fan_speed: Option<RangeInclusive<u8>>,
+    pub auto_fan: bool,
+    pub restart: bool,
+    pub pause: bool,
+    /// Mode presets that fit inside the limits, in display order.
+    pub modes: Vec<(String, ClockConfig)>,
+    pub pools: Vec<String>,
+}
+
+impl Limits {
+    /// Resolves the limits for `miner` given what its device reports. Returns warnings worth
+    /// logging once (an override that tried to loosen a limit, an unknown ASIC).
+    pub fn resolve(
+        config: &Config,
+        miner: &MinerConfig,
+        asic_model: Option<&str>,
+        caps: &Capabilities,
+    ) -> (Limits, Vec<String>) {
+        let mut warnings = Vec::new();
+        let profile = asic_model.and_then(asic::profile);
+        let allow_oc = config.safety.allow_overclock;
+
+        let mut narrow = |what: &str,
+                          base: RangeInclusive<u32>,
+                          over: Option<Bounds>,
+                          unit: &str|
+         -> RangeInclusive<u32> {
+            let Some(b) = over else { return base };
+            let lo = b.min.max(*base.start());
+            let hi = b.max.min(*base.end());
+            if b.min < *base.start() || b.max > *base.end() {
+                warnings.push(format!(
+                    "miner {}: limits.{what} {}..{} {unit} is wider than the {:?} {unit} allowed for {}; using {lo}..{hi}{}",
+                    miner.name, b.min, b.max, base, asic_model.unwrap_or("?"),
+                    if allow_oc { "" } else { " (safety.allow_overclock: true opens the overclock range)" }
+                ));
+            }
+            if lo > hi {
+                *base.start()..=*base.start()
+            } else {
+                lo..=hi
+            }
+        };
+
+        let (frequency, voltage, oc_f, oc_v) = match (&profile, caps.frequency_options.is_some()) {
+            (Some(p), true) => {
+                let (bf, bv) = if allow_oc {
+                    (p.absolute_frequency_mhz.clone(), p.absolute_core_voltage_mv.clone())
+                } else {
+                    (p.rated_frequency_mhz.clone(), p.rated_core_voltage_mv.clone())
+                };
+                (
+                    Some(narrow("frequency", bf, miner.limits.frequency, "MHz")),
+                    Some(narrow("core_voltage", bv, miner.limits.core_voltage, "mV")),
+                    Some(p.absolute_frequency_mhz.clone()),
+                    Some(p.absolute_core_voltage_mv.clone()),
+                )
+            }
+            (None, true) => {
+                warnings.push(format!(
+                    "miner {}: ASIC model {:?} is not known to miner2mqtt; frequency and voltage control are disabled",
+                    miner.name,
+                    asic_model.unwrap_or("unreported")
+                ));
+                (None, None, None, None)
+            }
+            _ => (None, None, None, None),
+        };
+
+        let mut modes = Vec::new();
+        if let (Some(p), Some(f), Some(v)) = (&profile, &frequency, &voltage) {
+            let overrides = config.modes.get(p.model);
+            let mut candidates: Vec<(String, ClockConfig)> = p
+                .presets
+                .iter()
+                .map(|pr| {
+                    let c = overrides.and_then(|o| o.get(pr.name));
+                    (
+                        pr.name.to_string(),
+                        ClockConfig {
+                            frequency_mhz: c.map_or(pr.frequency_mhz, |c| c.frequency),
+                            core_voltage_mv: c.map_or(pr.core_voltage_mv, |c| c.core_voltage),
+                        },
+                    )
+                })
+                .collect();
+            if let Some(o) = overrides {
+                for (name, c) in o {
+                    if !candidates.iter().any(|(n, _)| n == name) {
+                        candidates.push((
+                            name.clone(),
+                            ClockConfig {
+                                frequency_mhz: c.frequency,
+                                core_voltage_mv: c.core_voltage,
+                            },
+                        ));
+                    }
+                }
+            }
+            modes = candidates
+                .into_iter()
+                .filter(|(_, c)| f.contains(&c.frequency_mhz) && v.contains(&c.core_voltage_mv))
+                .collect();
+        }
+
+        let limits = Limits {
+            asic_model: profile.as_ref().map(|p| p.model.to_string()),
+            frequency_mhz: frequency,
+            core_voltage_mv: voltage,
+            overclock_frequency_mhz: oc_f,
+            overclock_core_voltage_mv: oc_v,
+            fan_speed: caps
+                .fan_speed
+                .then_some(config.safety.min_fan_speed.min(100)..=100),
+            auto_fan: caps.auto_fan,
+            restart: caps.restart,
+            pause: caps.pause,
+            modes,
+            pools: caps.pools.iter().map(|p| p.label.clone()).collect(),
+        };
+        (limits, warnings)
+    }
+
+    /// The mode whose preset matches the clock now, if any.
+    pub fn mode_of(&self, clock: Option<ClockConfig>) -> Option<&str> {
+        let clock = clock?;
+        self.modes
+            .iter()
+            .find(|(_, c)| *c == clock)
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// Checks a command against the limits. The error is the reason shown to the user.
+    pub fn check(&self, command: &Command) -> Result<(), String> {
+        let model = self.asic_model.as_deref().unwrap_or("this ASIC");
+        let in_range = |what: &str,
+                        value: u32,
+                        unit: &str,
+                        range: &Option<RangeInclusive<u32>>,
+                        oc: &Option<RangeInclusive<u32>>|
+         -> Result<(), String> {
+            let Some(r) = range else {
+                return Err(format!(
+                    "{what} cannot be set on this miner (its ASIC model is unknown or the firmware does not allow it)"
+                ));
+            };
+            if r.contains(&value) {
+                return Ok(());
+            }
+            let mut reason = format!(
+                "{what} {value} {unit} is outside the allowed {}–{} {unit} for {model}",
+                r.start(),
+                r.end()
+            );
+            if let Some(oc) = oc {
+                if oc.contains(&value) && !r.contains(&value) && value > *r.end() {
+                    reason.push_str(&format!(
+                        "; safety.allow_overclock: true allows up to {} {unit}",
+                        oc.end()
+                    ));
+                }
+            }
+            Err(reason)
+        };
+        match command {
+            Command::SetFrequency(f) => in_range(
+                "frequency",
+                *f,
+                "MHz",
+                &self.frequency_mhz,
+                &self.overclock_frequency_mhz,
+            ),
+            Command::SetCoreVoltage(v) => in_range(
+                "core voltage",
+                *v,
+                "mV",
+                &self.core_voltage_mv,
+                &self.overclock_core_voltage_mv,
+            ),
+            Command::SetClock(c) => {
+                in_range(
+                    "frequency",
+                    c.frequency_mhz,
+                    "MHz",
+                    &self.frequency_mhz,
+                    &self.overclock_frequency_mhz,
+                )?;
+                in_range(
+                    "core voltage",
+                    c.core_voltage_mv,
+                    "mV",
+                    &self.core_voltage_mv,
+                    &self.overclock_core_voltage_mv,
+                )
+            }
+            Command::SetFanSpeed(p) => match &self.fan_speed {
+                None => Err("the fan speed cannot be set on this miner".into()),
+                Some(r) if r.contains(p) => Ok(()),
+                Some(r) => Err(format!(
+                    "fan speed {p} % is outside the allowed {}–{} % (safety.min_fan_speed keeps the chip cooled)",
+                    r.start(),
+                    r.end()
+                )),
+            },
+            Command::SetAutoFan(_) if self.auto_fan => Ok(()),
+            Command::SetAutoFan(_) => Err("automatic fan control is not available on this miner".into()),
+            Command::Restart if self.restart => Ok(()),
+            Command::Restart => Err("this miner cannot be restarted remotely".into()),
+            Command::SetMining(_) if self.pause => Ok(()),
+            Command::SetMining(_) => {
+                Err("pause and resume need ESP-Miner v2.14 or later".into())
+            }
+            Command::SelectPool(label) if self.pools.contains(label) => Ok(()),
+            Command::SelectPool(label) => Err(if self.pools.is_empty() {
+                format!("pool {label:?} cannot be selected: this miner has no pools to choose from (firmware before v2.15 needs pools: in the config)")
+            } else {
+                format!("pool {label:?} is not one of {:?}", self.pools)
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{LimitOverrides, MinerKind, RawConfig};
+    use figment::{providers::Serialized, Figment};
+
+    fn config(allow_oc: bool) -> Config {
+        let mut raw = RawConfig::default();
+        raw.safety.allow_overclock = allow_oc;
+        crate::config::from_figment(&Figment::from(Serialized::defaults(raw))).unwrap()
+    }
+
+    fn miner(limits: LimitOverrides) -> MinerConfig {
+        MinerConfig {
+            name: "bitaxe-1".into(),
+            kind: MinerKind::Axeos,
+            host: "x".into(),
+            totp_secret: None,
+            limits,
+        }
+    }
+
+    fn caps() -> Capabilities {
+        Capabilities {
+            frequency_options: Some(vec![400, 525, 625]),
+            core_voltage_options: Some(vec![1000, 1150, 1250]),
+            fan_speed: true,
+            auto_fan: true,
+            restart: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rated_range_without_overclock_and_the_refusal_says_how_to_open_it() {
+        let (l, w) = Limits::resolve(&config(false), &miner(Default::default()), Some("BM1370"), &caps());
+        assert!(w.is_empty());
+        assert!(l.check(&Command::SetFrequency(600)).is_ok());
+        let e = l.check(&Command::SetFrequency(800)).unwrap_err();
+        assert!(e.contains("800 MHz") && e.contains("625") && e.contains("allow_overclock"), "{e}");
+        assert!(l.check(&Command::SetFrequency(1200)).unwrap_err().contains("outside"));
+        assert_eq!(l.modes.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(), ["eco", "standard", "turbo"]);
+    }
+
+    #[test]
+    fn overclock_opens_the_absolute_range_and_the_oc_mode() {
+        let (l, _) = Limits::resolve(&config(true), &miner(Default::default()), Some("BM1370"), &caps());
+        assert!(l.check(&Command::SetFrequency(800)).is_ok());
+        assert!(l.check(&Command::SetFrequency(1001)).is_err());
+        assert!(l.modes.iter().any(|m| m.0 == "oc"));
+    }
+
+    #[test]
+    fn config_limits_narrow_but_never_widen() {
+        let over = LimitOverrides {
+            frequency: Some(Bounds { min: 450, max: 900 }),
+            core_voltage: None,
+        };
+        let (l, w) = Limits::resolve(&config(false), &miner(over), Some("BM1370"), &caps());
+        assert_eq!(l.frequency_mhz, Some(450..=625));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(l.check(&Command::SetFrequency(440)).is_err());
+        // eco (400 MHz) no longer fits, so it is not offered.
+        assert!(!l.modes.iter().any(|m| m.0 == "eco"));
+    }
+
+    #[test]
+    fn unknown_asic_gets_no_clock_control() {
+        let (l, w) = Limits::resolve(&config(true), &miner(Default::default()), Some("BM9999"), &caps());
+        assert!(l.frequency_mhz.is_none() && l.modes.is_empty());
+        assert_eq!(w.len(), 1);
+        assert!(l.check(&Command::SetFrequency(500)).is_err());
+    }
+
+    #[test]
+    fn fan_floor() {
+        let (l, _) = Limits::resolve(&config(false), &miner(Default::default()), Some("BM1370"), &caps());
+        assert!(l.check(&Command::SetFanSpeed(5)).unwrap_err().contains("min_fan_speed"));
+        assert!(l.check(&Command::SetFanSpeed(100)).is_ok());
+        assert!(l.check(&Command::SetMining(false)).is_err());
+    }
+}

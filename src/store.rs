@@ -1,0 +1,306 @@
+//! The history: every sample of every miner, tagged with the clock config it was taken at, in
+//! sled 0.34 (pinned). The store knows nothing of MQTT.
+//!
+//! Layout: a few trees, not one per miner. `miners` maps a hardware id to a 4-byte number given
+//! out once; `samples` is keyed `[miner u32 BE][timestamp ms u64 BE]` so one miner's window is
+//! one ordered range scan; values are compact postcard records. `names` remembers which hardware
+//! id each configured name had, so discovery of removed miners can be cleared after a restart.
+
+use crate::miner::{ClockConfig, Telemetry};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Why the store could not be opened or used; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("history store {path} is locked by another process: is another miner2mqtt running with the same store.path? Stop it or give this one another path")]
+    Locked { path: PathBuf },
+    #[error("history store {path} is corrupt ({detail}): move it aside (the daemon will start a new, empty history) and keep the old copy if you want to recover it")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("history store {path}: {detail}")]
+    Io { path: PathBuf, detail: String },
+}
+
+/// One stored sample. Numbers are f32: plenty for sensor readings, half the bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub at_ms: u64,
+    pub clock: Option<ClockConfig>,
+    pub hashrate: Option<f32>,
+    pub power: Option<f32>,
+    pub asic_temp: Option<f32>,
+    pub vr_temp: Option<f32>,
+    pub fan_speed: Option<f32>,
+    pub fan_rpm: Option<f32>,
+    pub input_voltage: Option<f32>,
+    pub current: Option<f32>,
+    pub core_voltage_actual: Option<f32>,
+    pub shares_accepted: Option<u64>,
+    pub shares_rejected: Option<u64>,
+}
+
+impl Sample {
+    pub fn from_telemetry(at_ms: u64, t: &Telemetry) -> Sample {
+        let f = |v: Option<f64>| v.map(|x| x as f32);
+        Sample {
+            at_ms,
+            clock: t.clock(),
+            hashrate: f(t.hashrate),
+            power: f(t.power),
+            asic_temp: f(t.asic_temp),
+            vr_temp: f(t.vr_temp),
+            fan_speed: f(t.fan_speed),
+            fan_rpm: f(t.fan_rpm),
+            input_voltage: f(t.input_voltage),
+            current: f(t.current),
+            core_voltage_actual: f(t.core_voltage_actual),
+            shares_accepted: t.shares_accepted,
+            shares_rejected: t.shares_rejected,
+        }
+    }
+
+    /// J/TH of this sample.
+    pub fn efficiency(&self) -> Option<f32> {
+        match (self.power, self.hashrate) {
+            (Some(p), Some(h)) if h > 0.0 => Some(p / (h / 1000.0)),
+            _ => None,
+        }
+    }
+}
+
+/// The open history.
+#[derive(Clone)]
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    miners: sled::Tree,
+    samples: sled::Tree,
+    names: sled::Tree,
+}
+
+fn key(miner: u32, at_ms: u64) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&miner.to_be_bytes());
+    k[4..].copy_from_slice(&at_ms.to_be_bytes());
+    k
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path` with an explicit page cache size.
+    /// A lock held by this same process (an in-process restart) is released by sled's flusher
+    /// thread shortly after the old handle drops, so a held lock is retried for a few seconds.
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(path)
+                .cache_capacity(cache_bytes)
+                .mode(sled::Mode::LowSpace)
+                .open()
+                .map_err(|e| Self::open_error(path, e));
+            match opened {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                other => break other?,
+            }
+        };
+        let tree = |name: &str| {
+            db.open_tree(name)
+                .map_err(|e| Self::open_error(path, e))
+        };
+        Ok(Store {
+            path: path.to_path_buf(),
+            miners: tree("miners")?,
+            samples: tree("samples")?,
+            names: tree("names")?,
+            db,
+        })
+    }
+
+    fn open_error(path: &Path, e: sled::Error) -> StoreError {
+        match e {
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.raw_os_error() == Some(11)
+                    || io.to_string().contains("could not acquire lock") =>
+            {
+                StoreError::Locked { path: path.into() }
+            }
+            sled::Error::Corruption { at, .. } => StoreError::Corrupt {
+                path: path.into(),
+                detail: format!("bad data at {at:?}"),
+            },
+            other => {
+                let detail = other.to_string();
+                if detail.contains("corrupt") || detail.contains("Corrupt") {
+                    StoreError::Corrupt {
+                        path: path.into(),
+                        detail,
+                    }
+                } else {
+                    StoreError::Io {
+                        path: path.into(),
+                        detail,
+                    }
+                }
+            }
+        }
+    }
+
+    fn io(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Io {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        }
+    }
+
+    /// The 4-byte number of a hardware id, given out on first sight.
+    pub fn miner_number(&self, hardware_id: &str) -> Result<u32, StoreError> {
+        if let Some(v) = self.miners.get(hardware_id).map_err(|e| self.io(e))? {
+            if let Ok(bytes) = <[u8; 4]>::try_from(v.as_ref()) {
+                return Ok(u32::from_be_bytes(bytes));
+            }
+        }
+        let n = self.db.generate_id().map_err(|e| self.io(e))? as u32;
+        self.miners
+            .insert(hardware_id, &n.to_be_bytes())
+            .map_err(|e| self.io(e))?;
+        Ok(n)
+    }
+
+    /// Appends a sample for a miner.
+    pub fn record(&self, miner: u32, sample: &Sample) -> Result<(), StoreError> {
+        let value = postcard::to_stdvec(sample).map_err(|e| self.io(e))?;
+        self.samples
+            .insert(key(miner, sample.at_ms), value)
+            .map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// The samples of one miner with `from_ms <= at < to_ms`, oldest first. A record that does
+    /// not decode is skipped and counted, not fatal.
+    pub fn window(&self, miner: u32, from_ms: u64, to_ms: u64) -> Result<Vec<Sample>, StoreError> {
+        let mut out = Vec::new();
+        let mut skipped = 0usize;
+        for item in self.samples.range(key(miner, from_ms)..key(miner, to_ms)) {
+            let (_, v) = item.map_err(|e| self.io(e))?;
+            match postcard::from_bytes::<Sample>(&v) {
+                Ok(s) => out.push(s),
+                Err(_) => skipped += 1,
+            }
+        }
+        if skipped > 0 {
+            tracing::warn!(miner, skipped, path = %self.path.display(), "undecodable history records skipped");
+        }
+        Ok(out)
+    }
+
+    /// Remembers that `name` is the miner with `hardware_id`.
+    pub fn remember_name(&self, name: &str, hardware_id: &str) -> Result<(), StoreError> {
+        if self.names.get(name).map_err(|e| self.io(e))?.as_deref() != Some(hardware_id.as_bytes()) {
+            self.names
+                .insert(name, hardware_id.as_bytes())
+                .map_err(|e| self.io(e))?;
+        }
+        Ok(())
+    }
+
+    /// The hardware id a name had when last seen.
+    pub fn hardware_id_of(&self, name: &str) -> Option<String> {
+        self.names
+            .get(name)
+            .ok()
+            .flatten()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+
+    /// Forgets a name (a miner removed from the config).
+    pub fn forget_name(&self, name: &str) -> Result<(), StoreError> {
+        self.names.remove(name).map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// Every name the store remembers, with its hardware id.
+    pub fn names(&self) -> Vec<(String, String)> {
+        self.names
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(&k).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// Writes everything to disk; called on shutdown.
+    pub fn flush(&self) -> Result<usize, StoreError> {
+        self.db.flush().map_err(|e| self.io(e))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn telemetry(h: f64) -> Telemetry {
+        Telemetry {
+            hashrate: Some(h),
+            power: Some(20.0),
+            frequency: Some(525.0),
+            core_voltage: Some(1150.0),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn window_returns_one_miners_samples_in_order_with_their_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("h"), 1 << 20).unwrap();
+        let a = store.miner_number("aa").unwrap();
+        let b = store.miner_number("bb").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(store.miner_number("aa").unwrap(), a);
+        for i in 0..10u64 {
+            store.record(a, &Sample::from_telemetry(1000 + i, &telemetry(1000.0 + i as f64))).unwrap();
+            store.record(b, &Sample::from_telemetry(1000 + i, &telemetry(1.0))).unwrap();
+        }
+        let w = store.window(a, 1002, 1005).unwrap();
+        assert_eq!(w.iter().map(|s| s.at_ms).collect::<Vec<_>>(), [1002, 1003, 1004]);
+        assert_eq!(w[0].hashrate, Some(1002.0));
+        assert_eq!(w[0].clock, Some(ClockConfig { frequency_mhz: 525, core_voltage_mv: 1150 }));
+        assert!((w[0].efficiency().unwrap() - 20.0 / 1.002).abs() < 0.01);
+    }
+
+    #[test]
+    fn history_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h");
+        {
+            let store = Store::open(&path, 1 << 20).unwrap();
+            let a = store.miner_number("aa").unwrap();
+            store.record(a, &Sample::from_telemetry(5, &telemetry(1.0))).unwrap();
+            store.remember_name("bitaxe-1", "aa").unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(&path, 1 << 20).unwrap();
+        let a = store.miner_number("aa").unwrap();
+        assert_eq!(store.window(a, 0, u64::MAX).unwrap().len(), 1);
+        assert_eq!(store.hardware_id_of("bitaxe-1").as_deref(), Some("aa"));
+    }
+
+    #[test]
+    fn an_unusable_path_is_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let e = Store::open(&file, 1 << 20).err().expect("a file is not a store");
+        assert!(e.to_string().contains(&file.display().to_string()), "{e}");
+    }
+}
