@@ -1,1 +1,185 @@
-//! Demo.
+//! `miner2mqtt demo`: the whole system with no hardware. A simulated fleet (Bitaxe Gamma and
+//! Supra, a v2.15 Gamma, a NerdQaxe++), the broker on localhost:1883 if one answers or else an
+//! embedded one, the daemon, and a live table of what Home Assistant sees over MQTT.
+
+use crate::config::{self, Config, RawConfig, RawMiner, MinerKind};
+use crate::sim::axeos::{DeviceSpec, Firmware, BM1368, BM1370};
+use anyhow::Context;
+use figment::{providers::Serialized, Figment};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Whether something answers on `addr` within a short time.
+pub fn broker_answers(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
+}
+
+/// Starts rumqttd on `addr` in its own threads. Returns when it is accepting connections.
+pub fn start_embedded_broker(addr: SocketAddr) -> anyhow::Result<()> {
+    let cfg: rumqttd::Config = serde_json::from_value(serde_json::json!({
+        "id": 0,
+        "router": {
+            "max_connections": 20010,
+            "max_outgoing_packet_count": 1000,
+            "max_segment_size": 104857600,
+            "max_segment_count": 10,
+        },
+        "v4": { "1": {
+            "name": "v4-1",
+            "listen": addr.to_string(),
+            "next_connection_delay_ms": 1,
+            "connections": {
+                "connection_timeout_ms": 60000,
+                "max_payload_size": 1048576,
+                "max_inflight_count": 500,
+                "dynamic_filters": true,
+            },
+        }},
+    }))
+    .context("building the embedded broker's configuration")?;
+    std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen on {addr} for the embedded broker"))?;
+    std::thread::spawn(move || {
+        let mut broker = rumqttd::Broker::new(cfg);
+        if let Err(e) = broker.start() {
+            tracing::error!(error = %e, "embedded broker stopped");
+        }
+    });
+    for _ in 0..50 {
+        if broker_answers(addr) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    anyhow::bail!("the embedded broker did not start listening on {addr}")
+}
+
+/// Options for the demo.
+pub struct DemoOptions {
+    pub broker: SocketAddr,
+    pub poll_interval: Duration,
+    /// Print the table (off when stdout is not for people).
+    pub table: bool,
+}
+
+/// Runs the demo until `cancel` fires.
+pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result<()> {
+    let specs = vec![
+        ("bitaxe-gamma", DeviceSpec::new(1, Firmware::V2_12, BM1370, 1)),
+        ("bitaxe-supra", DeviceSpec::new(2, Firmware::V2_10, BM1368, 1)),
+        ("bitaxe-gamma-215", DeviceSpec::new(3, Firmware::V2_15, BM1370, 1)),
+        ("nerdqaxe", DeviceSpec::new(4, Firmware::Nerdqaxe, BM1370, 4)),
+    ];
+    let names: Vec<&str> = specs.iter().map(|(n, _)| *n).collect();
+    let devices = crate::sim::start_axeos_fleet(specs.iter().map(|(_, s)| s.clone()).collect(), None, &cancel).await?;
+
+    let broker = opts.broker;
+    let embedded = if broker_answers(broker) {
+        false
+    } else {
+        start_embedded_broker(broker)?;
+        true
+    };
+
+    let store_dir = std::env::temp_dir().join(format!("miner2mqtt-demo-{}", std::process::id()));
+    let mut raw = RawConfig::default();
+    raw.mqtt.host = broker.ip().to_string();
+    raw.mqtt.port = broker.port();
+    raw.mqtt.client_id = format!("miner2mqtt-demo-{}", std::process::id());
+    raw.poll_interval = opts.poll_interval;
+    raw.store.path = store_dir.join("history");
+    raw.miners = names
+        .iter()
+        .zip(&devices)
+        .map(|(name, d)| RawMiner {
+            name: name.to_string(),
+            kind: MinerKind::Axeos,
+            host: d.addr.to_string(),
+            totp_secret: None,
+            limits: Default::default(),
+        })
+        .collect();
+    let config: Config = config::from_figment(&Figment::from(Serialized::defaults(raw)))?;
+
+    println!("miner2mqtt demo");
+    println!("  MQTT broker: {broker} ({})", if embedded { "embedded, started by the demo" } else { "already running" });
+    println!("  Point Home Assistant's MQTT integration at this broker: each simulated miner appears as a device.");
+    for (name, d) in names.iter().zip(&devices) {
+        println!("  {name:<18} {} {:<8} http://{}/", d.spec.chip.model, format!("{:?}", d.spec.firmware), d.addr);
+    }
+    println!("  Try: mosquitto_pub -h {} -p {} -t miner2mqtt/bitaxe-gamma/set/frequency -m 600", broker.ip(), broker.port());
+    println!("  Ctrl-C stops the demo.\n");
+
+    let daemon_cancel = cancel.child_token();
+    let daemon = tokio::spawn(crate::daemon::run(config, daemon_cancel.clone(), None));
+    if opts.table {
+        watch_table(broker, &names, cancel.clone()).await;
+    } else {
+        cancel.cancelled().await;
+    }
+    daemon_cancel.cancel();
+    let result = daemon.await;
+    let _ = std::fs::remove_dir_all(&store_dir);
+    result.context("the daemon task panicked")??;
+    Ok(())
+}
+
+/// Subscribes like Home Assistant would and prints the fleet every two seconds.
+async fn watch_table(broker: SocketAddr, names: &[&str], cancel: CancellationToken) {
+    let mut options = MqttOptions::new(format!("miner2mqtt-demo-view-{}", std::process::id()), broker.ip().to_string(), broker.port());
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let _ = client.subscribe("miner2mqtt/+/state", QoS::AtMostOnce).await;
+    let _ = client.subscribe("miner2mqtt/+/availability", QoS::AtMostOnce).await;
+    let _ = client.subscribe("miner2mqtt/bridge/event", QoS::AtMostOnce).await;
+    let mut states: BTreeMap<String, Value> = BTreeMap::new();
+    let mut online: BTreeMap<String, String> = BTreeMap::new();
+    let mut last_event = String::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => print_table(names, &states, &online, &last_event),
+            ev = eventloop.poll() => match ev {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let parts: Vec<&str> = p.topic.split('/').collect();
+                    match parts.as_slice() {
+                        [_, "bridge", "event"] => last_event = String::from_utf8_lossy(&p.payload).into_owned(),
+                        [_, name, "state"] => { if let Ok(v) = serde_json::from_slice(&p.payload) { states.insert(name.to_string(), v); } }
+                        [_, name, "availability"] => { online.insert(name.to_string(), String::from_utf8_lossy(&p.payload).into_owned()); }
+                        _ => {}
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            },
+        }
+    }
+}
+
+fn print_table(names: &[&str], states: &BTreeMap<String, Value>, online: &BTreeMap<String, String>, last_event: &str) {
+    let num = |v: &Value, k: &str, d: usize| v.get(k).and_then(Value::as_f64).map_or("—".to_string(), |x| format!("{x:.d$}"));
+    let mut out = String::new();
+    out.push_str(&format!("{:<18} {:<8} {:>10} {:>8} {:>8} {:>7} {:>6} {:>9} {:>9}  {}\n",
+        "miner", "status", "GH/s", "W", "J/TH", "°C", "fan%", "MHz", "mV", "mode"));
+    for name in names {
+        let status = online.get(*name).map_or("…", String::as_str);
+        let empty = Value::Null;
+        let s = states.get(*name).unwrap_or(&empty);
+        out.push_str(&format!("{:<18} {:<8} {:>10} {:>8} {:>8} {:>7} {:>6} {:>9} {:>9}  {}\n",
+            name, status, num(s, "hashrate", 1), num(s, "power", 1), num(s, "efficiency", 1), num(s, "asic_temp", 1),
+            num(s, "fan_speed", 0), num(s, "frequency", 0), num(s, "core_voltage", 0),
+            s.get("mode").and_then(Value::as_str).unwrap_or("—")));
+    }
+    if !last_event.is_empty() {
+        out.push_str(&format!("last event: {last_event}\n"));
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = write!(stdout, "{out}\n");
+    let _ = stdout.flush();
+}

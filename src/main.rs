@@ -1,1 +1,161 @@
-fn main(){}
+//! The command line. Parses arguments, installs tracing, loads config, and calls the library.
+
+use clap::{Parser, Subcommand};
+use miner2mqtt::{bench, config, daemon, demo, sim};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::{layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter};
+
+#[derive(Parser)]
+#[command(name = "miner2mqtt", version, about = "Home bitcoin miners as Home Assistant devices over MQTT")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon.
+    Run {
+        /// The configuration file (YAML). Environment variables MINER2MQTT_* override it.
+        #[arg(long, short, env = "MINER2MQTT_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Run everything with simulated miners: no hardware needed.
+    Demo {
+        /// The broker to use; an embedded one is started there if nothing answers.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        broker: SocketAddr,
+        /// How often the demo polls its simulated miners.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        poll_interval: Duration,
+        /// Do not print the live table.
+        #[arg(long)]
+        no_table: bool,
+    },
+    /// Start simulated miners only; prints one JSON line per device with its address.
+    Simulate {
+        /// How many Bitaxe-style ESP-Miner devices.
+        #[arg(long, default_value_t = 1)]
+        axeos: u32,
+        /// Their firmware generation: v2.10, v2.12, v2.15 or nerdqaxe.
+        #[arg(long, default_value = "v2.12")]
+        firmware: sim::axeos::Firmware,
+        /// Their ASIC: BM1370, BM1368 or BM1366.
+        #[arg(long, default_value = "BM1370")]
+        asic: String,
+        /// First port; devices take consecutive ports. Free ports when omitted.
+        #[arg(long)]
+        base_port: Option<u16>,
+    },
+    /// Measure the daemon's cost polling N simulated miners (see docs/BENCHMARKS.md).
+    Bench(bench::BenchArgs),
+}
+
+fn install_tracing(default: &str) -> daemon::LogControl {
+    let filter = EnvFilter::try_from_env("MINER2MQTT_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,miner2mqtt={default}")));
+    let (layer, handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(tracing_subscriber::fmt::layer().with_target(false))
+        .init();
+    Arc::new(move |level: &str| {
+        handle
+            .reload(EnvFilter::new(format!("warn,miner2mqtt={level}")))
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// Cancels the token on SIGINT or SIGTERM.
+fn on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping");
+        token.cancel();
+    });
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Run { config } => run(config).await,
+        Cmd::Demo { broker, poll_interval, no_table } => {
+            install_tracing("warn");
+            let token = CancellationToken::new();
+            on_signal(token.clone());
+            demo::run(demo::DemoOptions { broker, poll_interval, table: !no_table }, token).await
+        }
+        Cmd::Simulate { axeos, firmware, asic, base_port } => {
+            install_tracing("info");
+            simulate(axeos, firmware, &asic, base_port).await
+        }
+        Cmd::Bench(args) => {
+            install_tracing("warn");
+            bench::run(args).await
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("miner2mqtt: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let explicit = path.is_some();
+    let path = path.unwrap_or_else(|| PathBuf::from("config.yaml"));
+    let first = config::load(&path, explicit)?;
+    let control = install_tracing(&first.log_level);
+    if first.miners.is_empty() {
+        tracing::warn!(config = %path.display(), "no miners are configured; add them under miners:");
+    }
+    let token = CancellationToken::new();
+    on_signal(token.clone());
+    let mut config = first;
+    loop {
+        match daemon::run(config, token.clone(), Some(control.clone())).await? {
+            daemon::Exit::Stopped => return Ok(()),
+            daemon::Exit::Restart => {
+                tracing::info!("restarting");
+                config = config::load(&path, explicit)?;
+                let _ = control(&config.log_level);
+            }
+        }
+    }
+}
+
+async fn simulate(count: u32, firmware: sim::axeos::Firmware, asic: &str, base_port: Option<u16>) -> anyhow::Result<()> {
+    let chip = match asic.to_ascii_uppercase().as_str() {
+        "BM1370" => sim::axeos::BM1370,
+        "BM1368" => sim::axeos::BM1368,
+        "BM1366" => sim::axeos::BM1366,
+        other => anyhow::bail!("unknown ASIC {other:?}: use BM1370, BM1368 or BM1366"),
+    };
+    let chips = if firmware == sim::axeos::Firmware::Nerdqaxe { 4 } else { 1 };
+    let _ = rlimit::increase_nofile_limit(count as u64 * 3 + 1024);
+    let token = CancellationToken::new();
+    on_signal(token.clone());
+    let specs = (0..count).map(|i| sim::axeos::DeviceSpec::new(i + 1, firmware, chip, chips)).collect();
+    let devices = sim::start_axeos_fleet(specs, base_port, &token).await?;
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for d in &devices {
+            writeln!(out, "{}", sim::describe(d))?;
+        }
+        out.flush()?;
+    }
+    token.cancelled().await;
+    Ok(())
+}
