@@ -369,23 +369,50 @@ fn validate(raw: RawConfig, figment: &Figment) -> Result<Config, ConfigError> {
 
     let m = raw.mqtt;
     if m.host.trim().is_empty() {
-        return Err(invalid("mqtt.host", &"empty", "set the broker's host name or IP"));
+        return Err(invalid(
+            "mqtt.host",
+            &"empty",
+            "set the broker's host name or IP",
+        ));
     }
     if m.port == 0 {
-        return Err(invalid("mqtt.port", &0, "use the broker's port, usually 1883"));
+        return Err(invalid(
+            "mqtt.port",
+            &0,
+            "use the broker's port, usually 1883",
+        ));
     }
-    for (key, topic) in [("mqtt.base_topic", &m.base_topic), ("mqtt.discovery_prefix", &m.discovery_prefix)] {
-        if topic.is_empty() || topic.contains(['+', '#']) || topic.starts_with('/') || topic.ends_with('/') {
-            return Err(invalid(key, &format!("{topic:?}"), "use a plain topic such as \"miner2mqtt\" (no wildcards, no leading or trailing /)"));
+    for (key, topic) in [
+        ("mqtt.base_topic", &m.base_topic),
+        ("mqtt.discovery_prefix", &m.discovery_prefix),
+    ] {
+        if topic.is_empty()
+            || topic.contains(['+', '#'])
+            || topic.starts_with('/')
+            || topic.ends_with('/')
+        {
+            return Err(invalid(
+                key,
+                &format!("{topic:?}"),
+                "use a plain topic such as \"miner2mqtt\" (no wildcards, no leading or trailing /)",
+            ));
         }
     }
     if !(Duration::from_secs(5)..=Duration::from_secs(600)).contains(&m.keepalive) {
-        return Err(invalid("mqtt.keepalive", &humantime::format_duration(m.keepalive), "use 5s to 10m; 20s suits most brokers"));
+        return Err(invalid(
+            "mqtt.keepalive",
+            &humantime::format_duration(m.keepalive),
+            "use 5s to 10m; 20s suits most brokers",
+        ));
     }
     let password = match &m.password_file {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                invalid("mqtt.password_file", &path.display(), &format!("cannot read it: {e}"))
+                invalid(
+                    "mqtt.password_file",
+                    &path.display(),
+                    &format!("cannot read it: {e}"),
+                )
             })?;
             Some(Secret(text.trim_end_matches(['\n', '\r']).to_string()))
         }
@@ -393,43 +420,87 @@ fn validate(raw: RawConfig, figment: &Figment) -> Result<Config, ConfigError> {
     };
     if let Some(ca) = &m.ca_file {
         if !ca.exists() {
-            return Err(invalid("mqtt.ca_file", &ca.display(), "the file does not exist"));
+            return Err(invalid(
+                "mqtt.ca_file",
+                &ca.display(),
+                "the file does not exist",
+            ));
         }
     }
 
     if raw.poll_interval < Duration::from_secs(1) {
-        return Err(invalid("poll_interval", &humantime::format_duration(raw.poll_interval), "poll at most once a second; 30s is the default"));
+        return Err(invalid(
+            "poll_interval",
+            &humantime::format_duration(raw.poll_interval),
+            "poll at most once a second; 30s is the default",
+        ));
     }
     if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&raw.request_timeout) {
-        return Err(invalid("request_timeout", &humantime::format_duration(raw.request_timeout), "use between 100ms and 60s; 5s suits Wi-Fi miners"));
+        return Err(invalid(
+            "request_timeout",
+            &humantime::format_duration(raw.request_timeout),
+            "use between 100ms and 60s; 5s suits Wi-Fi miners",
+        ));
     }
     if raw.offline_after == 0 {
         return Err(invalid("offline_after", &0, "at least 1 failed poll"));
     }
     if !LOG_LEVELS.contains(&raw.log_level.as_str()) {
-        return Err(invalid("log_level", &format!("{:?}", raw.log_level), "use one of error, warn, info, debug, trace"));
+        return Err(invalid(
+            "log_level",
+            &format!("{:?}", raw.log_level),
+            "use one of error, warn, info, debug, trace",
+        ));
     }
     let s = &raw.safety;
     if !(s.temp_limit > 0.0 && s.temp_limit < s.temp_overheat && s.temp_overheat <= 90.0) {
-        return Err(invalid("safety.temp_limit", &format!("{} / temp_overheat {}", s.temp_limit, s.temp_overheat), "temp_limit must be below temp_overheat, and temp_overheat at most 90 °C"));
+        return Err(invalid(
+            "safety.temp_limit",
+            &format!("{} / temp_overheat {}", s.temp_limit, s.temp_overheat),
+            "temp_limit must be below temp_overheat, and temp_overheat at most 90 °C",
+        ));
     }
     if !(40.0..=110.0).contains(&s.vr_temp_limit) {
-        return Err(invalid("safety.vr_temp_limit", &s.vr_temp_limit, "use 40 to 110 °C"));
+        return Err(invalid(
+            "safety.vr_temp_limit",
+            &s.vr_temp_limit,
+            "use 40 to 110 °C",
+        ));
     }
     if s.min_fan_speed > 100 {
-        return Err(invalid("safety.min_fan_speed", &s.min_fan_speed, "a percentage, 0 to 100"));
+        return Err(invalid(
+            "safety.min_fan_speed",
+            &s.min_fan_speed,
+            "a percentage, 0 to 100",
+        ));
     }
 
     let mut modes = BTreeMap::new();
     for (model, presets) in raw.modes {
         for (name, p) in &presets {
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                return Err(invalid(&format!("modes.{model}"), &format!("{name:?}"), "mode names are letters, digits, - and _"));
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(invalid(
+                    &format!("modes.{model}"),
+                    &format!("{name:?}"),
+                    "mode names are letters, digits, - and _",
+                ));
             }
             if let Some(profile) = crate::miner::asic::profile(&model) {
-                if !profile.absolute_frequency_mhz.contains(&p.frequency) || !profile.absolute_core_voltage_mv.contains(&p.core_voltage) {
-                    return Err(invalid(&format!("modes.{model}.{name}"), &format!("{} MHz / {} mV", p.frequency, p.core_voltage),
-                        &format!("{model} never runs outside {:?} MHz and {:?} mV", profile.absolute_frequency_mhz, profile.absolute_core_voltage_mv)));
+                if !profile.absolute_frequency_mhz.contains(&p.frequency)
+                    || !profile.absolute_core_voltage_mv.contains(&p.core_voltage)
+                {
+                    return Err(invalid(
+                        &format!("modes.{model}.{name}"),
+                        &format!("{} MHz / {} mV", p.frequency, p.core_voltage),
+                        &format!(
+                            "{model} never runs outside {:?} MHz and {:?} mV",
+                            profile.absolute_frequency_mhz, profile.absolute_core_voltage_mv
+                        ),
+                    ));
                 }
             }
         }
@@ -439,7 +510,11 @@ fn validate(raw: RawConfig, figment: &Figment) -> Result<Config, ConfigError> {
     let mut pools = Vec::new();
     for (i, p) in raw.pools.into_iter().enumerate() {
         if p.url.trim().is_empty() || p.url.contains("://") {
-            return Err(invalid(&format!("pools[{i}].url"), &format!("{:?}", p.url), "the pool's host name without stratum+tcp://"));
+            return Err(invalid(
+                &format!("pools[{i}].url"),
+                &format!("{:?}", p.url),
+                "the pool's host name without stratum+tcp://",
+            ));
         }
         pools.push(ConfiguredPool {
             url: p.url,
@@ -453,35 +528,76 @@ fn validate(raw: RawConfig, figment: &Figment) -> Result<Config, ConfigError> {
     for (i, rm) in raw.miners.into_iter().enumerate() {
         let key = |field: &str| format!("miners[{i}].{field}");
         let name = rm.name.trim().to_string();
-        if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(invalid(&key("name"), &format!("{:?}", rm.name), "names become MQTT topics: use letters, digits, - and _ (at most 64)"));
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                &key("name"),
+                &format!("{:?}", rm.name),
+                "names become MQTT topics: use letters, digits, - and _ (at most 64)",
+            ));
         }
         if name == "bridge" {
-            return Err(invalid(&key("name"), &"\"bridge\"", "\"bridge\" is the daemon's own topic; pick another name"));
+            return Err(invalid(
+                &key("name"),
+                &"\"bridge\"",
+                "\"bridge\" is the daemon's own topic; pick another name",
+            ));
         }
         if miners.iter().any(|m| m.name == name) {
-            return Err(invalid(&key("name"), &format!("{name:?}"), "another miner has the same name"));
+            return Err(invalid(
+                &key("name"),
+                &format!("{name:?}"),
+                "another miner has the same name",
+            ));
         }
-        let mut host = rm.host.trim().trim_start_matches("http://").trim_end_matches('/').to_string();
+        let mut host = rm
+            .host
+            .trim()
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
         if host.is_empty() || host.contains(['/', ' ']) {
-            return Err(invalid(&key("host"), &format!("{:?}", rm.host), "the miner's IP address or host name, optionally with :port"));
+            return Err(invalid(
+                &key("host"),
+                &format!("{:?}", rm.host),
+                "the miner's IP address or host name, optionally with :port",
+            ));
         }
         if let Some((h, port)) = host.rsplit_once(':') {
             if !h.contains(':') && port.parse::<u16>().map_or(true, |p| p == 0) {
-                return Err(invalid(&key("host"), &format!("{:?}", rm.host), "the port after ':' must be 1 to 65535"));
+                return Err(invalid(
+                    &key("host"),
+                    &format!("{:?}", rm.host),
+                    "the port after ':' must be 1 to 65535",
+                ));
             }
         }
         host.shrink_to_fit();
-        for (field, b) in [("frequency", rm.limits.frequency), ("core_voltage", rm.limits.core_voltage)] {
+        for (field, b) in [
+            ("frequency", rm.limits.frequency),
+            ("core_voltage", rm.limits.core_voltage),
+        ] {
             if let Some(b) = b {
                 if b.min > b.max || b.min == 0 {
-                    return Err(invalid(&key(&format!("limits.{field}")), &format!("{}..{}", b.min, b.max), "min must be above 0 and not above max"));
+                    return Err(invalid(
+                        &key(&format!("limits.{field}")),
+                        &format!("{}..{}", b.min, b.max),
+                        "min must be above 0 and not above max",
+                    ));
                 }
             }
         }
         if let Some(secret) = &rm.totp_secret {
             if crate::miner::axeos::totp(secret.expose()).is_err() {
-                return Err(invalid(&key("totp_secret"), &"<redacted>", "not a base32 TOTP secret as the NerdQaxe shows it"));
+                return Err(invalid(
+                    &key("totp_secret"),
+                    &"<redacted>",
+                    "not a base32 TOTP secret as the NerdQaxe shows it",
+                ));
             }
         }
         miners.push(MinerConfig {
@@ -549,12 +665,15 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
 mod tests {
     use super::*;
     use figment::providers::Yaml;
 
     fn load_str(yaml: &str) -> Result<Config, ConfigError> {
-        from_figment(&Figment::from(Serialized::defaults(RawConfig::default())).merge(Yaml::string(yaml)))
+        from_figment(
+            &Figment::from(Serialized::defaults(RawConfig::default())).merge(Yaml::string(yaml)),
+        )
     }
 
     #[test]
@@ -580,19 +699,29 @@ mod tests {
 
     #[test]
     fn a_bad_value_names_the_key_and_the_value() {
-        let e = load_str("miners:\n  - { name: 'bad name', kind: axeos, host: x }").unwrap_err().to_string();
-        assert!(e.contains("miners[0].name") && e.contains("bad name"), "{e}");
+        let e = load_str("miners:\n  - { name: 'bad name', kind: axeos, host: x }")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("miners[0].name") && e.contains("bad name"),
+            "{e}"
+        );
         let e = load_str("poll_interval: soon").unwrap_err().to_string();
         assert!(e.contains("poll_interval"), "{e}");
         let e = load_str("mqtt: { hots: x }").unwrap_err().to_string();
         assert!(e.contains("hots"), "{e}");
-        let e = load_str("miners:\n  - { name: a, kind: toaster, host: x }").unwrap_err().to_string();
+        let e = load_str("miners:\n  - { name: a, kind: toaster, host: x }")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("toaster"), "{e}");
     }
 
     #[test]
     fn duplicate_names_and_bad_ports_are_refused() {
-        assert!(load_str("miners: [{name: a, kind: axeos, host: x}, {name: a, kind: axeos, host: y}]").is_err());
+        assert!(load_str(
+            "miners: [{name: a, kind: axeos, host: x}, {name: a, kind: axeos, host: y}]"
+        )
+        .is_err());
         assert!(load_str("miners: [{name: a, kind: axeos, host: 'x:99999'}]").is_err());
         let c = load_str("miners: [{name: a, kind: bitaxe, host: 'http://x:8080/'}]").unwrap();
         assert_eq!(c.miners[0].host, "x:8080");
@@ -608,8 +737,13 @@ mod tests {
             assert_eq!(c.mqtt.host, "env-host");
             assert_eq!(c.mqtt.password.unwrap().expose(), "0042");
             jail.set_env("MINER2MQTT_MQTT__PORT", "not-a-port");
-            let e = load(Path::new("config.yaml"), true).unwrap_err().to_string();
-            assert!(e.contains("mqtt.port") && e.contains("MINER2MQTT_MQTT__PORT"), "{e}");
+            let e = load(Path::new("config.yaml"), true)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("mqtt.port") && e.contains("MINER2MQTT_MQTT__PORT"),
+                "{e}"
+            );
             Ok(())
         });
     }

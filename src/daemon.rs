@@ -83,7 +83,9 @@ fn payload_hash(bytes: &[u8]) -> u64 {
 }
 
 fn millis(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Runs the daemon until `cancel` fires or a restart is requested.
@@ -98,7 +100,12 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let pollers = cancel.child_token();
     let mqtt_stop = CancellationToken::new();
-    let (mqtt, mut mqtt_rx) = mqtt::start(&config.mqtt, &topics.bridge_state(), &tracker, mqtt_stop.clone())?;
+    let (mqtt, mut mqtt_rx) = mqtt::start(
+        &config.mqtt,
+        &topics.bridge_state(),
+        &tracker,
+        mqtt_stop.clone(),
+    )?;
 
     let http = reqwest::Client::builder()
         // ESP32 web servers have few sockets: never keep idle connections open to them.
@@ -110,7 +117,10 @@ pub async fn run(
     for (i, m) in config.miners.iter().enumerate() {
         let client = match m.kind {
             MinerKind::Axeos => {
-                let totp = m.totp_secret.as_ref().and_then(|s| crate::miner::axeos::totp(s.expose()).ok());
+                let totp = m
+                    .totp_secret
+                    .as_ref()
+                    .and_then(|s| crate::miner::axeos::totp(s.expose()).ok());
                 MinerClient::AxeOs(AxeOsClient::new(
                     http.clone(),
                     &m.host,
@@ -121,7 +131,15 @@ pub async fn run(
                 ))
             }
         };
-        let handle = spawn_poller(i, m.name.clone(), client, config.poll_interval, fleet_tx.clone(), &tracker, pollers.clone());
+        let handle = spawn_poller(
+            i,
+            m.name.clone(),
+            client,
+            config.poll_interval,
+            fleet_tx.clone(),
+            &tracker,
+            pollers.clone(),
+        );
         slots.push(Slot {
             config: m.clone(),
             handle,
@@ -175,7 +193,10 @@ pub async fn run(
     hub.mqtt.publish(hub.topics.bridge_state(), "offline", true);
     hub.mqtt.disconnect();
     tracker.close();
-    if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("tasks did not stop within 5 s; stopping the MQTT session anyway");
         mqtt_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
@@ -201,7 +222,11 @@ impl Hub {
                     self.event(json!({ "type": "miner_offline", "miner": name, "error": error }));
                 }
             }
-            FleetEvent::CommandDone { miner, command, result } => {
+            FleetEvent::CommandDone {
+                miner,
+                command,
+                result,
+            } => {
                 let name = self.slots[miner].config.name.clone();
                 match result {
                     Ok(()) => self.event(json!({ "type": "command_applied", "miner": name, "command": command.describe() })),
@@ -235,10 +260,18 @@ impl Hub {
             slot.store_number = None;
             self.info_dirty = true;
         }
-        let caps_changed = slot.reading.as_ref().map(|r| (&r.capabilities, &r.identity.asic_model))
+        let caps_changed = slot
+            .reading
+            .as_ref()
+            .map(|r| (&r.capabilities, &r.identity.asic_model))
             != Some((&reading.capabilities, &reading.identity.asic_model));
         if caps_changed || slot.limits.is_none() {
-            let (limits, warnings) = Limits::resolve(&self.config, &slot.config, reading.identity.asic_model.as_deref(), &reading.capabilities);
+            let (limits, warnings) = Limits::resolve(
+                &self.config,
+                &slot.config,
+                reading.identity.asic_model.as_deref(),
+                &reading.capabilities,
+            );
             for w in warnings {
                 if slot.warned.insert(w.clone()) {
                     tracing::warn!("{w}");
@@ -251,7 +284,9 @@ impl Hub {
             slot.store_number = self.store.miner_number(&hwid).ok();
         }
         if let Some(n) = slot.store_number {
-            let result = self.store.record(n, &Sample::from_telemetry(millis(at), &reading.telemetry));
+            let result = self
+                .store
+                .record(n, &Sample::from_telemetry(millis(at), &reading.telemetry));
             match (result, self.store_failing) {
                 (Err(e), false) => {
                     tracing::error!(error = %e, "cannot write history; samples are not being kept");
@@ -302,18 +337,25 @@ impl Hub {
                 self.connected = false;
                 self.synced = false;
             }
-            MqttEvent::Message { topic, payload, retain: _ } => self.on_message(&topic, &payload),
+            MqttEvent::Message {
+                topic,
+                payload,
+                retain: _,
+            } => self.on_message(&topic, &payload),
         }
     }
 
     fn on_message(&mut self, topic: &str, payload: &[u8]) {
         let t = &self.topics;
-        if let Some(rest) = topic.strip_prefix(&format!("{}/device/{}/", t.discovery_prefix, t.node)) {
+        if let Some(rest) =
+            topic.strip_prefix(&format!("{}/device/{}/", t.discovery_prefix, t.node))
+        {
             if rest.ends_with("/config") {
                 if payload.is_empty() {
                     self.retained.remove(topic);
                 } else {
-                    self.retained.insert(topic.to_string(), payload_hash(payload));
+                    self.retained
+                        .insert(topic.to_string(), payload_hash(payload));
                 }
             }
             return;
@@ -326,14 +368,18 @@ impl Hub {
             }
             return;
         }
-        let Some(rest) = topic.strip_prefix(&format!("{}/", t.base)) else { return };
+        let Some(rest) = topic.strip_prefix(&format!("{}/", t.base)) else {
+            return;
+        };
         if let Some(action) = rest.strip_prefix("bridge/request/") {
             let action = action.to_string();
             self.on_request(&action, payload);
             return;
         }
         let mut parts = rest.splitn(3, '/');
-        if let (Some(name), Some("set"), Some(property)) = (parts.next(), parts.next(), parts.next()) {
+        if let (Some(name), Some("set"), Some(property)) =
+            (parts.next(), parts.next(), parts.next())
+        {
             let (name, property) = (name.to_string(), property.to_string());
             self.on_set(&name, &property, payload);
         }
@@ -373,10 +419,17 @@ impl Hub {
     fn on_request(&mut self, action: &str, payload: &[u8]) {
         let parsed: Value = serde_json::from_slice(payload).unwrap_or_else(|_| {
             let text = String::from_utf8_lossy(payload).trim().to_string();
-            if text.is_empty() { json!({}) } else { json!({ "value": text }) }
+            if text.is_empty() {
+                json!({})
+            } else {
+                json!({ "value": text })
+            }
         });
         let transaction = parsed.get("transaction").cloned();
-        let value = parsed.get("value").cloned().or_else(|| parsed.as_str().map(Value::from));
+        let value = parsed
+            .get("value")
+            .cloned()
+            .or_else(|| parsed.as_str().map(Value::from));
         let result: Result<Value, String> = match action {
             "log_level" => match value.as_ref().and_then(Value::as_str) {
                 Some(level) if LOG_LEVELS.contains(&level) => {
@@ -391,7 +444,11 @@ impl Hub {
                         json!({ "value": level })
                     })
                 }
-                other => Err(format!("log_level takes one of {}, got {:?}", LOG_LEVELS.join(", "), other)),
+                other => Err(format!(
+                    "log_level takes one of {}, got {:?}",
+                    LOG_LEVELS.join(", "),
+                    other
+                )),
             },
             "restart" => {
                 tracing::info!("restart requested over MQTT");
@@ -404,7 +461,9 @@ impl Hub {
                 "miners_online": self.slots.iter().filter(|s| s.online == Some(true)).count(),
             })),
             "history" => self.history(&parsed),
-            other => Err(format!("unknown request {other:?}; known: log_level, restart, health_check, history")),
+            other => Err(format!(
+                "unknown request {other:?}; known: log_level, restart, health_check, history"
+            )),
         };
         let mut response = match result {
             Ok(data) => json!({ "data": data, "status": "ok" }),
@@ -413,18 +472,39 @@ impl Hub {
         if let Some(tx) = transaction {
             response["transaction"] = tx;
         }
-        self.mqtt.publish(self.topics.bridge_response(action), response.to_string(), false);
+        self.mqtt.publish(
+            self.topics.bridge_response(action),
+            response.to_string(),
+            false,
+        );
     }
 
     /// `{"miner": "bitaxe-1", "minutes": 60}` → that miner's samples, newest last (at most 2000).
     fn history(&self, req: &Value) -> Result<Value, String> {
-        let name = req.get("miner").and_then(Value::as_str).ok_or("history needs \"miner\": the miner's name")?;
-        let minutes = req.get("minutes").and_then(Value::as_u64).unwrap_or(60).clamp(1, 60 * 24 * 31);
-        let slot = self.slots.iter().find(|s| s.config.name == name).ok_or_else(|| format!("no miner is named {name:?}"))?;
-        let hwid = slot.hardware_id.as_deref().ok_or("that miner has not been identified yet")?;
+        let name = req
+            .get("miner")
+            .and_then(Value::as_str)
+            .ok_or("history needs \"miner\": the miner's name")?;
+        let minutes = req
+            .get("minutes")
+            .and_then(Value::as_u64)
+            .unwrap_or(60)
+            .clamp(1, 60 * 24 * 31);
+        let slot = self
+            .slots
+            .iter()
+            .find(|s| s.config.name == name)
+            .ok_or_else(|| format!("no miner is named {name:?}"))?;
+        let hwid = slot
+            .hardware_id
+            .as_deref()
+            .ok_or("that miner has not been identified yet")?;
         let n = self.store.miner_number(hwid).map_err(|e| e.to_string())?;
         let now = millis(SystemTime::now());
-        let mut samples = self.store.window(n, now.saturating_sub(minutes * 60_000), now + 1).map_err(|e| e.to_string())?;
+        let mut samples = self
+            .store
+            .window(n, now.saturating_sub(minutes * 60_000), now + 1)
+            .map_err(|e| e.to_string())?;
         let skip = samples.len().saturating_sub(2000);
         samples.drain(..skip);
         serde_json::to_value(samples).map_err(|e| e.to_string())
@@ -460,7 +540,12 @@ impl Hub {
                 expected.insert(self.topics.discovery(&discovery::object_id(h)));
             }
         }
-        let stale: Vec<String> = self.retained.keys().filter(|t| !expected.contains(*t)).cloned().collect();
+        let stale: Vec<String> = self
+            .retained
+            .keys()
+            .filter(|t| !expected.contains(*t))
+            .cloned()
+            .collect();
         for topic in stale {
             tracing::info!(%topic, "clearing discovery of a miner that is no longer configured");
             self.mqtt.publish(topic.clone(), Vec::<u8>::new(), true);
@@ -469,7 +554,8 @@ impl Hub {
         let configured: HashSet<&str> = self.slots.iter().map(|s| s.config.name.as_str()).collect();
         for (name, _) in self.store.names() {
             if !configured.contains(name.as_str()) {
-                self.mqtt.publish(self.topics.availability(&name), Vec::<u8>::new(), true);
+                self.mqtt
+                    .publish(self.topics.availability(&name), Vec::<u8>::new(), true);
                 let _ = self.store.forget_name(&name);
             }
         }
@@ -478,7 +564,11 @@ impl Hub {
                 self.publish_discovery(i, force);
             }
             if let Some(online) = self.slots[i].online {
-                self.mqtt.publish(self.topics.availability(&self.slots[i].config.name), if online { "online" } else { "offline" }, true);
+                self.mqtt.publish(
+                    self.topics.availability(&self.slots[i].config.name),
+                    if online { "online" } else { "offline" },
+                    true,
+                );
             }
             self.publish_state(i);
         }
@@ -499,7 +589,11 @@ impl Hub {
             return;
         }
         let slot = &self.slots[i];
-        let (Some(reading), Some(limits), Some(hwid)) = (&slot.reading, &slot.limits, &slot.hardware_id) else { return };
+        let (Some(reading), Some(limits), Some(hwid)) =
+            (&slot.reading, &slot.limits, &slot.hardware_id)
+        else {
+            return;
+        };
         let (topic, payload) = discovery::miner_discovery(
             &self.topics,
             &MinerDevice {
@@ -519,7 +613,8 @@ impl Hub {
         self.info_dirty = true;
         if self.connected {
             let topic = self.topics.availability(&self.slots[i].config.name);
-            self.mqtt.publish(topic, if online { "online" } else { "offline" }, true);
+            self.mqtt
+                .publish(topic, if online { "online" } else { "offline" }, true);
         }
     }
 
@@ -531,22 +626,32 @@ impl Hub {
         if slot.reading.is_none() {
             return;
         }
-        let body = state::state_json(slot.reading.as_ref().map(|r| &r.telemetry), slot.limits.as_ref(), &self.config.safety);
-        self.mqtt.publish(self.topics.state(&slot.config.name), body.to_string(), false);
+        let body = state::state_json(
+            slot.reading.as_ref().map(|r| &r.telemetry),
+            slot.limits.as_ref(),
+            &self.config.safety,
+        );
+        self.mqtt.publish(
+            self.topics.state(&slot.config.name),
+            body.to_string(),
+            false,
+        );
     }
 
     fn publish_info(&mut self) {
         let miners: Vec<Value> = self
             .slots
             .iter()
-            .map(|s| json!({
-                "name": s.config.name,
-                "kind": s.config.kind,
-                "host": s.config.host,
-                "hardware_id": s.hardware_id,
-                "online": s.online == Some(true),
-                "model": s.reading.as_ref().map(|r| r.identity.model.clone()),
-            }))
+            .map(|s| {
+                json!({
+                    "name": s.config.name,
+                    "kind": s.config.kind,
+                    "host": s.config.host,
+                    "hardware_id": s.hardware_id,
+                    "online": s.online == Some(true),
+                    "model": s.reading.as_ref().map(|r| r.identity.model.clone()),
+                })
+            })
             .collect();
         let online = self.slots.iter().filter(|s| s.online == Some(true)).count();
         let info = json!({
@@ -556,13 +661,15 @@ impl Hub {
             "miners": miners,
             "config": self.config.public_view(),
         });
-        self.mqtt.publish(self.topics.bridge_info(), info.to_string(), true);
+        self.mqtt
+            .publish(self.topics.bridge_info(), info.to_string(), true);
     }
 
     fn event(&mut self, mut event: Value) {
         event["time"] = millis(SystemTime::now()).into();
         if self.connected {
-            self.mqtt.publish(self.topics.bridge_event(), event.to_string(), false);
+            self.mqtt
+                .publish(self.topics.bridge_event(), event.to_string(), false);
         }
     }
 }

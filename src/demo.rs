@@ -2,7 +2,7 @@
 //! Supra, a v2.15 Gamma, a NerdQaxe++), the broker on localhost:1883 if one answers or else an
 //! embedded one, the daemon, and a live table of what Home Assistant sees over MQTT.
 
-use crate::config::{self, Config, RawConfig, RawMiner, MinerKind};
+use crate::config::{self, Config, MinerKind, RawConfig, RawMiner};
 use crate::sim::axeos::{DeviceSpec, Firmware, BM1368, BM1370};
 use anyhow::Context;
 use figment::{providers::Serialized, Figment};
@@ -69,14 +69,31 @@ pub struct DemoOptions {
 
 /// Runs the demo until `cancel` fires.
 pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result<()> {
-    let specs = vec![
-        ("bitaxe-gamma", DeviceSpec::new(1, Firmware::V2_12, BM1370, 1)),
-        ("bitaxe-supra", DeviceSpec::new(2, Firmware::V2_10, BM1368, 1)),
-        ("bitaxe-gamma-215", DeviceSpec::new(3, Firmware::V2_15, BM1370, 1)),
-        ("nerdqaxe", DeviceSpec::new(4, Firmware::Nerdqaxe, BM1370, 4)),
+    let specs = [
+        (
+            "bitaxe-gamma",
+            DeviceSpec::new(1, Firmware::V2_12, BM1370, 1),
+        ),
+        (
+            "bitaxe-supra",
+            DeviceSpec::new(2, Firmware::V2_10, BM1368, 1),
+        ),
+        (
+            "bitaxe-gamma-215",
+            DeviceSpec::new(3, Firmware::V2_15, BM1370, 1),
+        ),
+        (
+            "nerdqaxe",
+            DeviceSpec::new(4, Firmware::Nerdqaxe, BM1370, 4),
+        ),
     ];
     let names: Vec<&str> = specs.iter().map(|(n, _)| *n).collect();
-    let devices = crate::sim::start_axeos_fleet(specs.iter().map(|(_, s)| s.clone()).collect(), None, &cancel).await?;
+    let devices = crate::sim::start_axeos_fleet(
+        specs.iter().map(|(_, s)| s.clone()).collect(),
+        None,
+        &cancel,
+    )
+    .await?;
 
     let broker = opts.broker;
     let embedded = if broker_answers(broker) {
@@ -107,12 +124,28 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     let config: Config = config::from_figment(&Figment::from(Serialized::defaults(raw)))?;
 
     println!("miner2mqtt demo");
-    println!("  MQTT broker: {broker} ({})", if embedded { "embedded, started by the demo" } else { "already running" });
+    println!(
+        "  MQTT broker: {broker} ({})",
+        if embedded {
+            "embedded, started by the demo"
+        } else {
+            "already running"
+        }
+    );
     println!("  Point Home Assistant's MQTT integration at this broker: each simulated miner appears as a device.");
     for (name, d) in names.iter().zip(&devices) {
-        println!("  {name:<18} {} {:<8} http://{}/", d.spec.chip.model, format!("{:?}", d.spec.firmware), d.addr);
+        println!(
+            "  {name:<18} {} {:<8} http://{}/",
+            d.spec.chip.model,
+            format!("{:?}", d.spec.firmware),
+            d.addr
+        );
     }
-    println!("  Try: mosquitto_pub -h {} -p {} -t miner2mqtt/bitaxe-gamma/set/frequency -m 600", broker.ip(), broker.port());
+    println!(
+        "  Try: mosquitto_pub -h {} -p {} -t miner2mqtt/bitaxe-gamma/set/frequency -m 600",
+        broker.ip(),
+        broker.port()
+    );
     println!("  Ctrl-C stops the demo.\n");
 
     let daemon_cancel = cancel.child_token();
@@ -131,12 +164,22 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
 
 /// Subscribes like Home Assistant would and prints the fleet every two seconds.
 async fn watch_table(broker: SocketAddr, names: &[&str], cancel: CancellationToken) {
-    let mut options = MqttOptions::new(format!("miner2mqtt-demo-view-{}", std::process::id()), broker.ip().to_string(), broker.port());
+    let mut options = MqttOptions::new(
+        format!("miner2mqtt-demo-view-{}", std::process::id()),
+        broker.ip().to_string(),
+        broker.port(),
+    );
     options.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(options, 64);
-    let _ = client.subscribe("miner2mqtt/+/state", QoS::AtMostOnce).await;
-    let _ = client.subscribe("miner2mqtt/+/availability", QoS::AtMostOnce).await;
-    let _ = client.subscribe("miner2mqtt/bridge/event", QoS::AtMostOnce).await;
+    let _ = client
+        .subscribe("miner2mqtt/+/state", QoS::AtMostOnce)
+        .await;
+    let _ = client
+        .subscribe("miner2mqtt/+/availability", QoS::AtMostOnce)
+        .await;
+    let _ = client
+        .subscribe("miner2mqtt/bridge/event", QoS::AtMostOnce)
+        .await;
     let mut states: BTreeMap<String, Value> = BTreeMap::new();
     let mut online: BTreeMap<String, String> = BTreeMap::new();
     let mut last_event = String::new();
@@ -162,24 +205,44 @@ async fn watch_table(broker: SocketAddr, names: &[&str], cancel: CancellationTok
     }
 }
 
-fn print_table(names: &[&str], states: &BTreeMap<String, Value>, online: &BTreeMap<String, String>, last_event: &str) {
-    let num = |v: &Value, k: &str, d: usize| v.get(k).and_then(Value::as_f64).map_or("—".to_string(), |x| format!("{x:.d$}"));
+fn print_table(
+    names: &[&str],
+    states: &BTreeMap<String, Value>,
+    online: &BTreeMap<String, String>,
+    last_event: &str,
+) {
+    let num = |v: &Value, k: &str, d: usize| {
+        v.get(k)
+            .and_then(Value::as_f64)
+            .map_or("—".to_string(), |x| format!("{x:.d$}"))
+    };
     let mut out = String::new();
-    out.push_str(&format!("{:<18} {:<8} {:>10} {:>8} {:>8} {:>7} {:>6} {:>9} {:>9}  {}\n",
-        "miner", "status", "GH/s", "W", "J/TH", "°C", "fan%", "MHz", "mV", "mode"));
+    out.push_str(&format!(
+        "{:<18} {:<8} {:>10} {:>8} {:>8} {:>7} {:>6} {:>9} {:>9}  {}\n",
+        "miner", "status", "GH/s", "W", "J/TH", "°C", "fan%", "MHz", "mV", "mode"
+    ));
     for name in names {
         let status = online.get(*name).map_or("…", String::as_str);
         let empty = Value::Null;
         let s = states.get(*name).unwrap_or(&empty);
-        out.push_str(&format!("{:<18} {:<8} {:>10} {:>8} {:>8} {:>7} {:>6} {:>9} {:>9}  {}\n",
-            name, status, num(s, "hashrate", 1), num(s, "power", 1), num(s, "efficiency", 1), num(s, "asic_temp", 1),
-            num(s, "fan_speed", 0), num(s, "frequency", 0), num(s, "core_voltage", 0),
-            s.get("mode").and_then(Value::as_str).unwrap_or("—")));
+        out.push_str(&format!(
+            "{:<18} {:<8} {:>10} {:>8} {:>8} {:>7} {:>6} {:>9} {:>9}  {}\n",
+            name,
+            status,
+            num(s, "hashrate", 1),
+            num(s, "power", 1),
+            num(s, "efficiency", 1),
+            num(s, "asic_temp", 1),
+            num(s, "fan_speed", 0),
+            num(s, "frequency", 0),
+            num(s, "core_voltage", 0),
+            s.get("mode").and_then(Value::as_str).unwrap_or("—")
+        ));
     }
     if !last_event.is_empty() {
         out.push_str(&format!("last event: {last_event}\n"));
     }
     let mut stdout = std::io::stdout().lock();
-    let _ = write!(stdout, "{out}\n");
+    let _ = writeln!(stdout, "{out}");
     let _ = stdout.flush();
 }

@@ -10,7 +10,11 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter};
 
 #[derive(Parser)]
-#[command(name = "miner2mqtt", version, about = "Home bitcoin miners as Home Assistant devices over MQTT")]
+#[command(
+    name = "miner2mqtt",
+    version,
+    about = "Home bitcoin miners as Home Assistant devices over MQTT"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -73,7 +77,8 @@ fn install_tracing(default: &str) -> daemon::LogControl {
 /// Cancels the token on SIGINT or SIGTERM.
 fn on_signal(token: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -88,13 +93,30 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Run { config } => run(config).await,
-        Cmd::Demo { broker, poll_interval, no_table } => {
+        Cmd::Demo {
+            broker,
+            poll_interval,
+            no_table,
+        } => {
             install_tracing("warn");
             let token = CancellationToken::new();
             on_signal(token.clone());
-            demo::run(demo::DemoOptions { broker, poll_interval, table: !no_table }, token).await
+            demo::run(
+                demo::DemoOptions {
+                    broker,
+                    poll_interval,
+                    table: !no_table,
+                },
+                token,
+            )
+            .await
         }
-        Cmd::Simulate { axeos, firmware, asic, base_port } => {
+        Cmd::Simulate {
+            axeos,
+            firmware,
+            asic,
+            base_port,
+        } => {
             install_tracing("info");
             simulate(axeos, firmware, &asic, base_port).await
         }
@@ -135,18 +157,29 @@ async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
     }
 }
 
-async fn simulate(count: u32, firmware: sim::axeos::Firmware, asic: &str, base_port: Option<u16>) -> anyhow::Result<()> {
+async fn simulate(
+    count: u32,
+    firmware: sim::axeos::Firmware,
+    asic: &str,
+    base_port: Option<u16>,
+) -> anyhow::Result<()> {
     let chip = match asic.to_ascii_uppercase().as_str() {
         "BM1370" => sim::axeos::BM1370,
         "BM1368" => sim::axeos::BM1368,
         "BM1366" => sim::axeos::BM1366,
         other => anyhow::bail!("unknown ASIC {other:?}: use BM1370, BM1368 or BM1366"),
     };
-    let chips = if firmware == sim::axeos::Firmware::Nerdqaxe { 4 } else { 1 };
+    let chips = if firmware == sim::axeos::Firmware::Nerdqaxe {
+        4
+    } else {
+        1
+    };
     let _ = rlimit::increase_nofile_limit(count as u64 * 3 + 1024);
     let token = CancellationToken::new();
     on_signal(token.clone());
-    let specs = (0..count).map(|i| sim::axeos::DeviceSpec::new(i + 1, firmware, chip, chips)).collect();
+    let specs = (0..count)
+        .map(|i| sim::axeos::DeviceSpec::new(i + 1, firmware, chip, chips))
+        .collect();
     let devices = sim::start_axeos_fleet(specs, base_port, &token).await?;
     {
         use std::io::Write;

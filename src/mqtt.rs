@@ -155,9 +155,11 @@ pub fn start(
                     topic,
                     payload,
                     retain,
-                } => client
-                    .publish_bytes(topic, QoS::AtLeastOnce, retain, payload)
-                    .await,
+                } => {
+                    client
+                        .publish_bytes(topic, QoS::AtLeastOnce, retain, payload)
+                        .await
+                }
                 Outbound::Subscribe(filters) => {
                     let subs = filters
                         .into_iter()

@@ -67,9 +67,15 @@ impl Limits {
         let (frequency, voltage, oc_f, oc_v) = match (&profile, caps.frequency_options.is_some()) {
             (Some(p), true) => {
                 let (bf, bv) = if allow_oc {
-                    (p.absolute_frequency_mhz.clone(), p.absolute_core_voltage_mv.clone())
+                    (
+                        p.absolute_frequency_mhz.clone(),
+                        p.absolute_core_voltage_mv.clone(),
+                    )
                 } else {
-                    (p.rated_frequency_mhz.clone(), p.rated_core_voltage_mv.clone())
+                    (
+                        p.rated_frequency_mhz.clone(),
+                        p.rated_core_voltage_mv.clone(),
+                    )
                 };
                 (
                     Some(narrow("frequency", bf, miner.limits.frequency, "MHz")),
@@ -277,18 +283,37 @@ mod tests {
 
     #[test]
     fn rated_range_without_overclock_and_the_refusal_says_how_to_open_it() {
-        let (l, w) = Limits::resolve(&config(false), &miner(Default::default()), Some("BM1370"), &caps());
+        let (l, w) = Limits::resolve(
+            &config(false),
+            &miner(Default::default()),
+            Some("BM1370"),
+            &caps(),
+        );
         assert!(w.is_empty());
         assert!(l.check(&Command::SetFrequency(600)).is_ok());
         let e = l.check(&Command::SetFrequency(800)).unwrap_err();
-        assert!(e.contains("800 MHz") && e.contains("625") && e.contains("allow_overclock"), "{e}");
-        assert!(l.check(&Command::SetFrequency(1200)).unwrap_err().contains("outside"));
-        assert_eq!(l.modes.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(), ["eco", "standard", "turbo"]);
+        assert!(
+            e.contains("800 MHz") && e.contains("625") && e.contains("allow_overclock"),
+            "{e}"
+        );
+        assert!(l
+            .check(&Command::SetFrequency(1200))
+            .unwrap_err()
+            .contains("outside"));
+        assert_eq!(
+            l.modes.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(),
+            ["eco", "standard", "turbo"]
+        );
     }
 
     #[test]
     fn overclock_opens_the_absolute_range_and_the_oc_mode() {
-        let (l, _) = Limits::resolve(&config(true), &miner(Default::default()), Some("BM1370"), &caps());
+        let (l, _) = Limits::resolve(
+            &config(true),
+            &miner(Default::default()),
+            Some("BM1370"),
+            &caps(),
+        );
         assert!(l.check(&Command::SetFrequency(800)).is_ok());
         assert!(l.check(&Command::SetFrequency(1001)).is_err());
         assert!(l.modes.iter().any(|m| m.0 == "oc"));
@@ -310,7 +335,12 @@ mod tests {
 
     #[test]
     fn unknown_asic_gets_no_clock_control() {
-        let (l, w) = Limits::resolve(&config(true), &miner(Default::default()), Some("BM9999"), &caps());
+        let (l, w) = Limits::resolve(
+            &config(true),
+            &miner(Default::default()),
+            Some("BM9999"),
+            &caps(),
+        );
         assert!(l.frequency_mhz.is_none() && l.modes.is_empty());
         assert_eq!(w.len(), 1);
         assert!(l.check(&Command::SetFrequency(500)).is_err());
@@ -318,8 +348,16 @@ mod tests {
 
     #[test]
     fn fan_floor() {
-        let (l, _) = Limits::resolve(&config(false), &miner(Default::default()), Some("BM1370"), &caps());
-        assert!(l.check(&Command::SetFanSpeed(5)).unwrap_err().contains("min_fan_speed"));
+        let (l, _) = Limits::resolve(
+            &config(false),
+            &miner(Default::default()),
+            Some("BM1370"),
+            &caps(),
+        );
+        assert!(l
+            .check(&Command::SetFanSpeed(5))
+            .unwrap_err()
+            .contains("min_fan_speed"));
         assert!(l.check(&Command::SetFanSpeed(100)).is_ok());
         assert!(l.check(&Command::SetMining(false)).is_err());
     }

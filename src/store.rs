@@ -105,10 +105,7 @@ impl Store {
                 other => break other?,
             }
         };
-        let tree = |name: &str| {
-            db.open_tree(name)
-                .map_err(|e| Self::open_error(path, e))
-        };
+        let tree = |name: &str| db.open_tree(name).map_err(|e| Self::open_error(path, e));
         Ok(Store {
             path: path.to_path_buf(),
             miners: tree("miners")?,
@@ -198,7 +195,8 @@ impl Store {
 
     /// Remembers that `name` is the miner with `hardware_id`.
     pub fn remember_name(&self, name: &str, hardware_id: &str) -> Result<(), StoreError> {
-        if self.names.get(name).map_err(|e| self.io(e))?.as_deref() != Some(hardware_id.as_bytes()) {
+        if self.names.get(name).map_err(|e| self.io(e))?.as_deref() != Some(hardware_id.as_bytes())
+        {
             self.names
                 .insert(name, hardware_id.as_bytes())
                 .map_err(|e| self.io(e))?;
@@ -268,13 +266,29 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(store.miner_number("aa").unwrap(), a);
         for i in 0..10u64 {
-            store.record(a, &Sample::from_telemetry(1000 + i, &telemetry(1000.0 + i as f64))).unwrap();
-            store.record(b, &Sample::from_telemetry(1000 + i, &telemetry(1.0))).unwrap();
+            store
+                .record(
+                    a,
+                    &Sample::from_telemetry(1000 + i, &telemetry(1000.0 + i as f64)),
+                )
+                .unwrap();
+            store
+                .record(b, &Sample::from_telemetry(1000 + i, &telemetry(1.0)))
+                .unwrap();
         }
         let w = store.window(a, 1002, 1005).unwrap();
-        assert_eq!(w.iter().map(|s| s.at_ms).collect::<Vec<_>>(), [1002, 1003, 1004]);
+        assert_eq!(
+            w.iter().map(|s| s.at_ms).collect::<Vec<_>>(),
+            [1002, 1003, 1004]
+        );
         assert_eq!(w[0].hashrate, Some(1002.0));
-        assert_eq!(w[0].clock, Some(ClockConfig { frequency_mhz: 525, core_voltage_mv: 1150 }));
+        assert_eq!(
+            w[0].clock,
+            Some(ClockConfig {
+                frequency_mhz: 525,
+                core_voltage_mv: 1150
+            })
+        );
         assert!((w[0].efficiency().unwrap() - 20.0 / 1.002).abs() < 0.01);
     }
 
@@ -285,7 +299,9 @@ mod tests {
         {
             let store = Store::open(&path, 1 << 20).unwrap();
             let a = store.miner_number("aa").unwrap();
-            store.record(a, &Sample::from_telemetry(5, &telemetry(1.0))).unwrap();
+            store
+                .record(a, &Sample::from_telemetry(5, &telemetry(1.0)))
+                .unwrap();
             store.remember_name("bitaxe-1", "aa").unwrap();
             store.flush().unwrap();
         }
@@ -300,7 +316,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("file");
         std::fs::write(&file, b"x").unwrap();
-        let e = Store::open(&file, 1 << 20).err().expect("a file is not a store");
+        let e = Store::open(&file, 1 << 20)
+            .err()
+            .expect("a file is not a store");
         assert!(e.to_string().contains(&file.display().to_string()), "{e}");
     }
 }

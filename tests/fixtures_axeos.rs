@@ -54,7 +54,10 @@ fn v2_1_3_legacy_with_string_best_diff_and_colliding_fan_keys() {
     assert_eq!(t.fan_speed, Some(100.0));
     assert_eq!(t.fan_rpm, Some(5320.0));
     assert_eq!(t.pool.as_deref(), Some("sha256-eu.unmineable.com:3333"));
-    assert_eq!(info.reading.identity.hardware_id, None, "no macAddr in this firmware");
+    assert_eq!(
+        info.reading.identity.hardware_id, None,
+        "no macAddr in this firmware"
+    );
     assert_eq!(t.clock().unwrap().frequency_mhz, 575);
     // expectedHashrate is absent: derived from frequency × cores (BM1366 has no smallCoreCount here).
     assert_eq!(t.expected_hashrate, None);
@@ -72,7 +75,10 @@ fn v2_10_1_string_difficulty_with_a_space_and_absent_second_sensor() {
     assert_eq!(t.vr_temp, Some(68.0));
     assert!(close(t.input_voltage, 4.96875));
     assert!(close(t.current, 20.03125));
-    assert_eq!(info.reading.identity.hardware_id, None, "redacted MAC is not an identity");
+    assert_eq!(
+        info.reading.identity.hardware_id, None,
+        "redacted MAC is not an identity"
+    );
     assert_eq!(info.reading.identity.model, "Gamma 601");
     let eff = t.efficiency_j_per_th().unwrap();
     assert!((eff - 30.5875 / 1.6586653).abs() < 0.01, "{eff}");
@@ -80,7 +86,8 @@ fn v2_10_1_string_difficulty_with_a_space_and_absent_second_sensor() {
 
 #[test]
 fn v2_11_numeric_difficulty_and_manual_fan_speed() {
-    let info = parse_system_info(&load("axeos/v2.11.0b6_bm1370_gamma601_system_info.json")).unwrap();
+    let info =
+        parse_system_info(&load("axeos/v2.11.0b6_bm1370_gamma601_system_info.json")).unwrap();
     assert_eq!(info.generation, Generation::V2_11);
     assert_eq!(info.reading.telemetry.best_difficulty, Some(572141152.0));
     assert_eq!(info.reading.telemetry.shares_rejected, Some(5));
@@ -91,8 +98,14 @@ fn v2_12_2_identity_from_the_mac_and_fallback_pool() {
     let info = parse_system_info(&load("axeos/v2.12.2_bm1370_gamma601_system_info.json")).unwrap();
     let t = &info.reading.telemetry;
     assert_eq!(info.generation, Generation::V2_11);
-    assert_eq!(info.reading.identity.hardware_id.as_deref(), Some("10f51233bbf0"));
-    assert_eq!(info.reading.identity.mac.as_deref(), Some("10:F5:12:33:BB:F0"));
+    assert_eq!(
+        info.reading.identity.hardware_id.as_deref(),
+        Some("10f51233bbf0")
+    );
+    assert_eq!(
+        info.reading.identity.mac.as_deref(),
+        Some("10:F5:12:33:BB:F0")
+    );
     assert!(close(t.fan_speed, 48.4200668));
     assert_eq!(t.auto_fan, Some(true));
     // isUsingFallbackStratum = 1: the pool in use is the fallback.
@@ -109,7 +122,10 @@ fn v2_4_5_zero_vr_temp_means_no_sensor() {
     assert_eq!(t.vr_temp, None);
     assert_eq!(t.best_difficulty, Some(483e3));
     assert_eq!(t.best_session_difficulty, Some(0.0));
-    assert_eq!(info.reading.identity.hardware_id.as_deref(), Some("aabbccddeeff"));
+    assert_eq!(
+        info.reading.identity.hardware_id.as_deref(),
+        Some("aabbccddeeff")
+    );
     assert_eq!(info.reading.identity.model, "Supra 401");
     // Expected hashrate from ESP-Miner's formula: 490 MHz × 1276 cores × 1 chip / 1000.
     assert!(close(t.expected_hashrate, 625.24));
@@ -117,7 +133,10 @@ fn v2_4_5_zero_vr_temp_means_no_sensor() {
 
 #[test]
 fn v2_7_0_tch_fork_without_v_prefix_and_six_chips() {
-    let info = parse_system_info(&load("axeos/v2.7.0-TCH_bm1368x6_suprahex702_system_info.json")).unwrap();
+    let info = parse_system_info(&load(
+        "axeos/v2.7.0-TCH_bm1368x6_suprahex702_system_info.json",
+    ))
+    .unwrap();
     let t = &info.reading.telemetry;
     assert_eq!(info.generation, Generation::Legacy);
     assert_eq!(info.reading.identity.asic_count, 6);
@@ -141,7 +160,10 @@ fn v2_7_0_blank_mac_and_blank_pool_are_unknown_not_empty() {
 
 #[test]
 fn nerdqaxe_plus_plus() {
-    let info = parse_system_info(&load("nerdqaxe/v1.1.0-beta1_nerdqaxe++_bm1370x4_system_info.json")).unwrap();
+    let info = parse_system_info(&load(
+        "nerdqaxe/v1.1.0-beta1_nerdqaxe++_bm1370x4_system_info.json",
+    ))
+    .unwrap();
     let t = &info.reading.telemetry;
     let id = &info.reading.identity;
     assert_eq!(info.generation, Generation::NerdQaxe);

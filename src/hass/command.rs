@@ -49,8 +49,12 @@ pub fn parse(property: &str, payload: &str, limits: &Limits) -> Result<Command, 
             }),
         "pool" => Ok(Command::SelectPool(p.to_string())),
         "restart" => Ok(Command::Restart),
-        "power" => Err("power on/off needs a smart plug, and none is configured for this miner".into()),
-        "benchmark" => Err("benchmark sweeps are not available in this version of miner2mqtt".into()),
+        "power" => {
+            Err("power on/off needs a smart plug, and none is configured for this miner".into())
+        }
+        "benchmark" => {
+            Err("benchmark sweeps are not available in this version of miner2mqtt".into())
+        }
         other => Err(format!(
             "unknown property {other:?}; the set topics are {}",
             PROPERTIES.join(", ")
@@ -63,7 +67,9 @@ fn whole(p: &str, what: &str, unit: &str) -> Result<u32, String> {
         .parse()
         .map_err(|_| format!("{what} must be a number of {unit}, got {p:?}"))?;
     if !v.is_finite() || v < 0.0 || v.fract() != 0.0 || v > u32::MAX as f64 {
-        return Err(format!("{what} must be a whole, positive number of {unit}, got {p:?}"));
+        return Err(format!(
+            "{what} must be a whole, positive number of {unit}, got {p:?}"
+        ));
     }
     Ok(v as u32)
 }
@@ -92,35 +98,61 @@ mod tests {
             auto_fan: true,
             restart: true,
             pause: false,
-            modes: vec![("eco".into(), ClockConfig { frequency_mhz: 400, core_voltage_mv: 1060 })],
+            modes: vec![(
+                "eco".into(),
+                ClockConfig {
+                    frequency_mhz: 400,
+                    core_voltage_mv: 1060,
+                },
+            )],
             pools: vec![],
         }
     }
 
     #[test]
     fn numbers_from_ha_sliders_parse() {
-        assert_eq!(parse("frequency", "600", &limits()), Ok(Command::SetFrequency(600)));
-        assert_eq!(parse("frequency", "600.0", &limits()), Ok(Command::SetFrequency(600)));
-        assert_eq!(parse("fan_speed", " 80 ", &limits()), Ok(Command::SetFanSpeed(80)));
+        assert_eq!(
+            parse("frequency", "600", &limits()),
+            Ok(Command::SetFrequency(600))
+        );
+        assert_eq!(
+            parse("frequency", "600.0", &limits()),
+            Ok(Command::SetFrequency(600))
+        );
+        assert_eq!(
+            parse("fan_speed", " 80 ", &limits()),
+            Ok(Command::SetFanSpeed(80))
+        );
     }
 
     #[test]
     fn garbage_says_what_was_expected() {
-        assert!(parse("frequency", "fast", &limits()).unwrap_err().contains("number of MHz"));
+        assert!(parse("frequency", "fast", &limits())
+            .unwrap_err()
+            .contains("number of MHz"));
         assert!(parse("frequency", "600.5", &limits()).is_err());
         assert!(parse("frequency", "-5", &limits()).is_err());
         assert!(parse("frequency", "NaN", &limits()).is_err());
         assert!(parse("fan_speed", "300", &limits()).is_err());
-        assert!(parse("auto_fan", "maybe", &limits()).unwrap_err().contains("ON or OFF"));
-        assert!(parse("mode", "ludicrous", &limits()).unwrap_err().contains("eco"));
-        assert!(parse("warp", "1", &limits()).unwrap_err().contains("unknown property"));
+        assert!(parse("auto_fan", "maybe", &limits())
+            .unwrap_err()
+            .contains("ON or OFF"));
+        assert!(parse("mode", "ludicrous", &limits())
+            .unwrap_err()
+            .contains("eco"));
+        assert!(parse("warp", "1", &limits())
+            .unwrap_err()
+            .contains("unknown property"));
     }
 
     #[test]
     fn modes_map_to_clock_presets() {
         assert_eq!(
             parse("mode", "ECO", &limits()),
-            Ok(Command::SetClock(ClockConfig { frequency_mhz: 400, core_voltage_mv: 1060 }))
+            Ok(Command::SetClock(ClockConfig {
+                frequency_mhz: 400,
+                core_voltage_mv: 1060
+            }))
         );
     }
 }

@@ -164,7 +164,13 @@ impl<'a> Builder<'a> {
 /// `bitaxe-1` → `bitaxe_1`, as HA would slug it.
 pub fn slug(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -172,7 +178,13 @@ pub fn slug(name: &str) -> String {
 pub fn object_id(hardware_id: &str) -> String {
     hardware_id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -209,22 +221,166 @@ pub fn miner_discovery(topics: &Topics, m: &MinerDevice<'_>) -> (String, Value) 
         cmps: serde_json::Map::new(),
     };
     let meas = Some("measurement");
-    b.sensor("hashrate", "Hashrate", None, Some("GH/s"), meas, Some(1), Some("mdi:pickaxe"), false);
-    b.sensor("expected_hashrate", "Expected hashrate", None, Some("GH/s"), meas, Some(1), Some("mdi:pickaxe"), false);
-    b.sensor("power", "Power", Some("power"), Some("W"), meas, Some(1), None, false);
-    b.sensor("efficiency", "Efficiency", None, Some("J/TH"), meas, Some(1), Some("mdi:leaf"), false);
-    b.sensor("asic_temp", "ASIC temperature", Some("temperature"), Some("°C"), meas, Some(1), None, false);
-    b.sensor("vr_temp", "VR temperature", Some("temperature"), Some("°C"), meas, Some(1), None, false);
-    b.sensor("fan_speed", "Fan", None, Some("%"), meas, Some(0), Some("mdi:fan"), false);
-    b.sensor("fan_rpm", "Fan RPM", None, Some("rpm"), meas, Some(0), Some("mdi:fan"), false);
-    b.sensor("input_voltage", "Input voltage", Some("voltage"), Some("V"), meas, Some(2), None, true);
-    b.sensor("current", "Current", Some("current"), Some("A"), meas, Some(2), None, true);
-    b.sensor("shares_accepted", "Accepted shares", None, None, Some("total_increasing"), Some(0), Some("mdi:check-circle-outline"), false);
-    b.sensor("shares_rejected", "Rejected shares", None, None, Some("total_increasing"), Some(0), Some("mdi:close-circle-outline"), false);
-    b.sensor("best_difficulty", "Best difficulty", None, None, meas, Some(0), Some("mdi:trophy-outline"), false);
-    b.sensor("uptime", "Uptime", Some("duration"), Some("s"), None, Some(0), None, true);
-    b.sensor("rssi", "Wi-Fi signal", Some("signal_strength"), Some("dBm"), meas, Some(0), None, true);
-    b.sensor("pool", "Pool", None, None, None, None, Some("mdi:server-network"), false);
+    b.sensor(
+        "hashrate",
+        "Hashrate",
+        None,
+        Some("GH/s"),
+        meas,
+        Some(1),
+        Some("mdi:pickaxe"),
+        false,
+    );
+    b.sensor(
+        "expected_hashrate",
+        "Expected hashrate",
+        None,
+        Some("GH/s"),
+        meas,
+        Some(1),
+        Some("mdi:pickaxe"),
+        false,
+    );
+    b.sensor(
+        "power",
+        "Power",
+        Some("power"),
+        Some("W"),
+        meas,
+        Some(1),
+        None,
+        false,
+    );
+    b.sensor(
+        "efficiency",
+        "Efficiency",
+        None,
+        Some("J/TH"),
+        meas,
+        Some(1),
+        Some("mdi:leaf"),
+        false,
+    );
+    b.sensor(
+        "asic_temp",
+        "ASIC temperature",
+        Some("temperature"),
+        Some("°C"),
+        meas,
+        Some(1),
+        None,
+        false,
+    );
+    b.sensor(
+        "vr_temp",
+        "VR temperature",
+        Some("temperature"),
+        Some("°C"),
+        meas,
+        Some(1),
+        None,
+        false,
+    );
+    b.sensor(
+        "fan_speed",
+        "Fan",
+        None,
+        Some("%"),
+        meas,
+        Some(0),
+        Some("mdi:fan"),
+        false,
+    );
+    b.sensor(
+        "fan_rpm",
+        "Fan RPM",
+        None,
+        Some("rpm"),
+        meas,
+        Some(0),
+        Some("mdi:fan"),
+        false,
+    );
+    b.sensor(
+        "input_voltage",
+        "Input voltage",
+        Some("voltage"),
+        Some("V"),
+        meas,
+        Some(2),
+        None,
+        true,
+    );
+    b.sensor(
+        "current",
+        "Current",
+        Some("current"),
+        Some("A"),
+        meas,
+        Some(2),
+        None,
+        true,
+    );
+    b.sensor(
+        "shares_accepted",
+        "Accepted shares",
+        None,
+        None,
+        Some("total_increasing"),
+        Some(0),
+        Some("mdi:check-circle-outline"),
+        false,
+    );
+    b.sensor(
+        "shares_rejected",
+        "Rejected shares",
+        None,
+        None,
+        Some("total_increasing"),
+        Some(0),
+        Some("mdi:close-circle-outline"),
+        false,
+    );
+    b.sensor(
+        "best_difficulty",
+        "Best difficulty",
+        None,
+        None,
+        meas,
+        Some(0),
+        Some("mdi:trophy-outline"),
+        false,
+    );
+    b.sensor(
+        "uptime",
+        "Uptime",
+        Some("duration"),
+        Some("s"),
+        None,
+        Some(0),
+        None,
+        true,
+    );
+    b.sensor(
+        "rssi",
+        "Wi-Fi signal",
+        Some("signal_strength"),
+        Some("dBm"),
+        meas,
+        Some(0),
+        None,
+        true,
+    );
+    b.sensor(
+        "pool",
+        "Pool",
+        None,
+        None,
+        None,
+        None,
+        Some("mdi:server-network"),
+        false,
+    );
     {
         let mut base = b.base("sensor", "firmware", "Firmware");
         base.entity_category = Some("diagnostic");

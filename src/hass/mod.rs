@@ -19,7 +19,13 @@ impl Topics {
     pub fn new(base: &str, discovery_prefix: &str) -> Topics {
         let node = base
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         Topics {
             base: base.into(),
@@ -54,7 +60,10 @@ impl Topics {
     /// `<prefix>/device/<node>/<object>/config`; the node level lets one wildcard subscription
     /// see exactly this daemon's retained discovery.
     pub fn discovery(&self, object_id: &str) -> String {
-        format!("{}/device/{}/{object_id}/config", self.discovery_prefix, self.node)
+        format!(
+            "{}/device/{}/{object_id}/config",
+            self.discovery_prefix, self.node
+        )
     }
     pub fn discovery_wildcard(&self) -> String {
         format!("{}/device/{}/+/config", self.discovery_prefix, self.node)

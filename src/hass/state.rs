@@ -8,7 +8,11 @@ use serde_json::{Map, Value};
 
 /// Builds the state JSON. `telemetry` is `None` before the first successful poll, in which case
 /// every reading is `null`.
-pub fn state_json(telemetry: Option<&Telemetry>, limits: Option<&Limits>, safety: &Safety) -> Value {
+pub fn state_json(
+    telemetry: Option<&Telemetry>,
+    limits: Option<&Limits>,
+    safety: &Safety,
+) -> Value {
     let empty = Telemetry::default();
     let t = telemetry.unwrap_or(&empty);
     let mut map: Map<String, Value> = match serde_json::to_value(t) {
@@ -21,10 +25,16 @@ pub fn state_json(telemetry: Option<&Telemetry>, limits: Option<&Limits>, safety
             (x * p).round() / p
         })
     };
-    map.insert("efficiency".into(), round(t.efficiency_j_per_th(), 2).into());
+    map.insert(
+        "efficiency".into(),
+        round(t.efficiency_j_per_th(), 2).into(),
+    );
     map.insert(
         "mode".into(),
-        limits.and_then(|l| l.mode_of(t.clock())).map(str::to_string).into(),
+        limits
+            .and_then(|l| l.mode_of(t.clock()))
+            .map(str::to_string)
+            .into(),
     );
     map.insert("overheating".into(), overheating(t, safety).into());
     Value::Object(map)
@@ -57,7 +67,16 @@ mod tests {
     fn every_key_is_present_and_null_before_the_first_poll() {
         let v = state_json(None, None, &Safety::default());
         let obj = v.as_object().unwrap();
-        for key in ["hashrate", "power", "efficiency", "asic_temp", "frequency", "mode", "overheating", "pool"] {
+        for key in [
+            "hashrate",
+            "power",
+            "efficiency",
+            "asic_temp",
+            "frequency",
+            "mode",
+            "overheating",
+            "pool",
+        ] {
             assert!(obj.get(key).unwrap().is_null(), "{key}");
         }
     }
@@ -65,7 +84,10 @@ mod tests {
     #[test]
     fn overheating_by_threshold_or_firmware() {
         let s = Safety::default();
-        let mut t = Telemetry { asic_temp: Some(60.0), ..Default::default() };
+        let mut t = Telemetry {
+            asic_temp: Some(60.0),
+            ..Default::default()
+        };
         assert_eq!(overheating(&t, &s), Some(false));
         t.asic_temp = Some(71.0);
         assert_eq!(overheating(&t, &s), Some(true));

@@ -127,8 +127,14 @@ mod tests {
     fn presets_lie_within_absolute_limits_and_only_oc_outside_rated() {
         for p in profiles() {
             for preset in p.presets {
-                assert!(p.absolute_frequency_mhz.contains(&preset.frequency_mhz), "{p:?}");
-                assert!(p.absolute_core_voltage_mv.contains(&preset.core_voltage_mv), "{p:?}");
+                assert!(
+                    p.absolute_frequency_mhz.contains(&preset.frequency_mhz),
+                    "{p:?}"
+                );
+                assert!(
+                    p.absolute_core_voltage_mv.contains(&preset.core_voltage_mv),
+                    "{p:?}"
+                );
                 let rated = p.rated_frequency_mhz.contains(&preset.frequency_mhz)
                     && p.rated_core_voltage_mv.contains(&preset.core_voltage_mv);
                 assert_eq!(rated, preset.name != "oc", "{} {}", p.model, preset.name);

@@ -51,7 +51,10 @@ pub fn parse_system_info(body: &[u8]) -> Result<SystemInfo, String> {
     let generation = detect_generation(obj);
 
     let asic_model = string(obj, "ASICModel");
-    let asic_count = number(obj, "asicCount").map(|n| n as u32).unwrap_or(1).max(1);
+    let asic_count = number(obj, "asicCount")
+        .map(|n| n as u32)
+        .unwrap_or(1)
+        .max(1);
     let small_cores = number(obj, "smallCoreCount");
     let frequency = positive(obj, "frequency");
 
@@ -66,7 +69,11 @@ pub fn parse_system_info(body: &[u8]) -> Result<SystemInfo, String> {
     let current = number(obj, "currentA").or_else(|| number(obj, "current").map(|ma| ma / 1000.0));
 
     let using_fallback = boolish(obj, "isUsingFallbackStratum")
-        .or_else(|| obj.get("stratum").and_then(|s| s.get("usingFallback")).and_then(Value::as_bool))
+        .or_else(|| {
+            obj.get("stratum")
+                .and_then(|s| s.get("usingFallback"))
+                .and_then(Value::as_bool)
+        })
         .unwrap_or(false);
 
     let (pool, pool_user, pool_ids) = pools(obj, generation, using_fallback);
@@ -274,7 +281,11 @@ fn pools(
             return (label, user, labels);
         }
     }
-    let prefix = if using_fallback { "fallbackStratum" } else { "stratum" };
+    let prefix = if using_fallback {
+        "fallbackStratum"
+    } else {
+        "stratum"
+    };
     let url = string(obj, &format!("{prefix}URL"));
     let port = number(obj, &format!("{prefix}Port"));
     let pool = url.map(|u| match port {
@@ -322,9 +333,7 @@ pub fn difficulty(value: &Value) -> Option<f64> {
         Value::Number(n) => n.as_f64(),
         Value::String(s) => {
             let s = s.trim();
-            let split = s
-                .find(|c: char| c.is_ascii_alphabetic())
-                .unwrap_or(s.len());
+            let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
             let (num, suffix) = s.split_at(split);
             let num: f64 = num.trim().parse().ok()?;
             let scale = match suffix.trim() {
@@ -490,7 +499,8 @@ impl AxeOsClient {
                     (true, Generation::NerdQaxe) => 2,
                     (true, _) => 1,
                 };
-                self.patch(serde_json::json!({ "autofanspeed": mode })).await
+                self.patch(serde_json::json!({ "autofanspeed": mode }))
+                    .await
             }
             Command::SelectPool(label) => {
                 if generation == Generation::V2_15 {
@@ -682,7 +692,10 @@ mod tests {
 
     #[test]
     fn macs() {
-        assert_eq!(normalise_mac("10:F5:12:33:BB:F0").as_deref(), Some("10f51233bbf0"));
+        assert_eq!(
+            normalise_mac("10:F5:12:33:BB:F0").as_deref(),
+            Some("10f51233bbf0")
+        );
         assert_eq!(normalise_mac("XX:XX:XX:XX:XX:XX"), None);
         assert_eq!(normalise_mac(""), None);
     }
@@ -693,6 +706,8 @@ mod tests {
         assert!(parse_system_info(b"{\"power\": 3").is_err());
         assert!(parse_system_info(b"[1,2]").is_err());
         assert!(parse_system_info(b"{\"unrelated\": true}").is_err());
-        assert!(parse_asic_info(b"{\"frequencyOptions\": [\"x\"], \"voltageOptions\": []}").is_err());
+        assert!(
+            parse_asic_info(b"{\"frequencyOptions\": [\"x\"], \"voltageOptions\": []}").is_err()
+        );
     }
 }

@@ -45,7 +45,9 @@ impl std::str::FromStr for Firmware {
             "v2.12" | "2.12" => Ok(Firmware::V2_12),
             "v2.15" | "2.15" => Ok(Firmware::V2_15),
             "nerdqaxe" | "nerdqaxe++" => Ok(Firmware::Nerdqaxe),
-            other => Err(format!("unknown firmware {other:?}: use v2.10, v2.12, v2.15 or nerdqaxe")),
+            other => Err(format!(
+                "unknown firmware {other:?}: use v2.10, v2.12, v2.15 or nerdqaxe"
+            )),
         }
     }
 }
@@ -146,7 +148,11 @@ impl DeviceSpec {
     }
 
     pub fn mac_string(&self) -> String {
-        self.mac.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+        self.mac
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":")
     }
 }
 
@@ -215,7 +221,11 @@ impl Device {
         let mut d = Device {
             frequency: spec.chip.default_frequency,
             core_voltage: spec.chip.default_voltage,
-            autofan: if spec.firmware == Firmware::Nerdqaxe { 2 } else { 1 },
+            autofan: if spec.firmware == Firmware::Nerdqaxe {
+                2
+            } else {
+                1
+            },
             manual_fan: 100.0,
             fan: 50.0,
             temp: spec.ambient_c + 20.0,
@@ -235,8 +245,18 @@ impl Device {
             overheat: false,
             paused: false,
             pools: vec![
-                Pool { id: 0, url: "public-pool.io".into(), port: 21496, user: format!("bc1qsim.{}", spec.hostname) },
-                Pool { id: 1, url: "solo.ckpool.org".into(), port: 3333, user: format!("bc1qsim.{}", spec.hostname) },
+                Pool {
+                    id: 0,
+                    url: "public-pool.io".into(),
+                    port: 21496,
+                    user: format!("bc1qsim.{}", spec.hostname),
+                },
+                Pool {
+                    id: 1,
+                    url: "solo.ckpool.org".into(),
+                    port: 3333,
+                    user: format!("bc1qsim.{}", spec.hostname),
+                },
             ],
             primary: 0,
             secondary: 1,
@@ -292,11 +312,23 @@ impl Device {
         let hashing = !self.overheat && !self.paused && self.restarting_until.is_none();
         let needed = c.v0 + c.mv_per_mhz * (f - c.f0);
         let deficit = needed - v;
-        self.error_rate = if deficit <= 0.0 { 0.002 } else { (0.002 + (deficit / 60.0).powi(2)).min(1.0) };
+        self.error_rate = if deficit <= 0.0 {
+            0.002
+        } else {
+            (0.002 + (deficit / 60.0).powi(2)).min(1.0)
+        };
         let nominal = f * c.small_cores as f64 * n / 1000.0;
         let noise = 1.0 + rand::rng().random_range(-0.02..0.02);
-        self.hashrate = if hashing { (nominal * (1.0 - self.error_rate) * noise).max(0.0) } else { 0.0 };
-        let chip_w = if hashing { c.static_w + c.k * f * (v / 1000.0).powi(2) } else { c.static_w * 0.5 };
+        self.hashrate = if hashing {
+            (nominal * (1.0 - self.error_rate) * noise).max(0.0)
+        } else {
+            0.0
+        };
+        let chip_w = if hashing {
+            c.static_w + c.k * f * (v / 1000.0).powi(2)
+        } else {
+            c.static_w * 0.5
+        };
         self.power = 1.5 + n * chip_w;
 
         // Fan: the firmware's P loop towards temptarget, or the manual duty.
@@ -312,7 +344,8 @@ impl Device {
         let target = self.spec.ambient_c + self.power * resistance;
         let k = 1.0 - (-dt / 20.0f64).exp();
         self.temp += (target - self.temp) * k;
-        self.vr_temp += (self.spec.ambient_c + 6.0 + self.power * resistance * 1.15 - self.vr_temp) * k;
+        self.vr_temp +=
+            (self.spec.ambient_c + 6.0 + self.power * resistance * 1.15 - self.vr_temp) * k;
         if self.temp >= 70.0 || self.vr_temp >= 105.0 {
             self.overheat = true;
         }
@@ -350,7 +383,10 @@ impl Device {
     }
 
     fn pool(&self, id: i64) -> &Pool {
-        self.pools.iter().find(|p| p.id == id).unwrap_or(&self.pools[0])
+        self.pools
+            .iter()
+            .find(|p| p.id == id)
+            .unwrap_or(&self.pools[0])
     }
 
     /// `/api/system/info` in this device's generation.
@@ -360,11 +396,22 @@ impl Device {
         let nominal_v = if self.spec.chips > 1 { 12.0 } else { 5.0 };
         let input_mv = nominal_v * 1000.0 - self.power * 3.0;
         let current_ma = self.power / (input_mv / 1000.0) * 1000.0;
-        let expected = self.frequency as f64 * c.small_cores as f64 * self.spec.chips as f64 / 1000.0;
+        let expected =
+            self.frequency as f64 * c.small_cores as f64 * self.spec.chips as f64 / 1000.0;
         let primary = self.pool(self.primary).clone();
         let fallback = self.pool(self.secondary).clone();
         let string_diff = |d: f64| -> Value {
-            let (v, s) = if d >= 1e12 { (d / 1e12, "T") } else if d >= 1e9 { (d / 1e9, "G") } else if d >= 1e6 { (d / 1e6, "M") } else if d >= 1e3 { (d / 1e3, "k") } else { (d, "") };
+            let (v, s) = if d >= 1e12 {
+                (d / 1e12, "T")
+            } else if d >= 1e9 {
+                (d / 1e9, "G")
+            } else if d >= 1e6 {
+                (d / 1e6, "M")
+            } else if d >= 1e3 {
+                (d / 1e3, "k")
+            } else {
+                (d, "")
+            };
             Value::from(format!("{v:.2} {s}").trim_end().to_string())
         };
         let mut m = Map::new();
@@ -408,14 +455,17 @@ impl Device {
             put("recentpingloss", 0.into());
             put("shutdown", self.paused.into());
             put("duplicateHWNonces", 0.into());
-            put("stratum", json!({
-                "poolMode": 0, "activePoolMode": 0, "poolBalance": 50, "totalBestDiff": self.best as u64,
-                "usingFallback": false,
-                "pools": [{ "connected": true, "verifyBlocked": "", "poolDifficulty": POOL_DIFFICULTY as u64,
-                    "networkDifficulty": 124932866000000u64, "poolDiffErr": false, "accepted": self.shares_accepted,
-                    "rejected": self.shares_rejected, "pingRtt": 1.2, "pingLoss": 0, "bestDiff": self.best_session as u64,
-                    "activeProtocol": 0, "encrypted": false }]
-            }));
+            put(
+                "stratum",
+                json!({
+                    "poolMode": 0, "activePoolMode": 0, "poolBalance": 50, "totalBestDiff": self.best as u64,
+                    "usingFallback": false,
+                    "pools": [{ "connected": true, "verifyBlocked": "", "poolDifficulty": POOL_DIFFICULTY as u64,
+                        "networkDifficulty": 124932866000000u64, "poolDiffErr": false, "accepted": self.shares_accepted,
+                        "rejected": self.shares_rejected, "pingRtt": 1.2, "pingLoss": 0, "bestDiff": self.best_session as u64,
+                        "activeProtocol": 0, "encrypted": false }]
+                }),
+            );
             put("poolDifficulty", (POOL_DIFFICULTY as u64).into());
             put("networkDifficulty", 124932866000000u64.into());
             put("foundBlocks", 0.into());
@@ -429,10 +479,13 @@ impl Device {
             put("pidP", 6.into());
             put("pidI", 0.1.into());
             put("pidD", 10.into());
-            put("fans", json!([
-                { "label": "M2", "mode": self.autofan, "manualSpeed": self.manual_fan, "overheatTemp": 70, "rpm": (self.fan * 33.0) as u64, "speedPerc": self.fan.round(), "pid": { "targetTemp": self.temptarget, "p": 6, "i": 0.1, "d": 10 } },
-                { "label": "M1", "mode": 0, "manualSpeed": 40, "overheatTemp": 80, "rpm": (self.fan * 29.0) as u64, "speedPerc": self.fan.round(), "pid": { "targetTemp": 65, "p": 6, "i": 0.1, "d": 10 } }
-            ]));
+            put(
+                "fans",
+                json!([
+                    { "label": "M2", "mode": self.autofan, "manualSpeed": self.manual_fan, "overheatTemp": 70, "rpm": (self.fan * 33.0) as u64, "speedPerc": self.fan.round(), "pid": { "targetTemp": self.temptarget, "p": 6, "i": 0.1, "d": 10 } },
+                    { "label": "M1", "mode": 0, "manualSpeed": 40, "overheatTemp": 80, "rpm": (self.fan * 29.0) as u64, "speedPerc": self.fan.round(), "pid": { "targetTemp": 65, "p": 6, "i": 0.1, "d": 10 } }
+                ]),
+            );
             put("hostname", self.spec.hostname.clone().into());
             put("ssid", "simnet".into());
             put("stratumURL", primary.url.clone().into());
@@ -515,7 +568,10 @@ impl Device {
             put("freeHeapSpiram", 8140652.into());
         }
         put("coreVoltage", self.core_voltage.into());
-        put("coreVoltageActual", (self.core_voltage as f64 - 6.0).round().into());
+        put(
+            "coreVoltageActual",
+            (self.core_voltage as f64 - 6.0).round().into(),
+        );
         put("frequency", self.frequency.into());
         put("ssid", "simnet".into());
         put("macAddr", self.spec.mac_string().into());
@@ -529,7 +585,14 @@ impl Device {
         put("apEnabled", 0.into());
         put("sharesAccepted", self.shares_accepted.into());
         put("sharesRejected", self.shares_rejected.into());
-        put("sharesRejectedReasons", if self.shares_rejected > 0 { json!([{ "message": "Stale", "count": self.shares_rejected }]) } else { json!([]) });
+        put(
+            "sharesRejectedReasons",
+            if self.shares_rejected > 0 {
+                json!([{ "message": "Stale", "count": self.shares_rejected }])
+            } else {
+                json!([])
+            },
+        );
         put("uptimeSeconds", self.uptime().into());
         put("smallCoreCount", c.small_cores.into());
         put("ASICModel", c.model.into());
@@ -562,7 +625,10 @@ impl Device {
         put("version", self.version().into());
         put("axeOSVersion", self.version().into());
         put("idfVersion", "v5.5.1".into());
-        put("boardVersion", (if c.model == "BM1370" { "601" } else { "401" }).into());
+        put(
+            "boardVersion",
+            (if c.model == "BM1370" { "601" } else { "401" }).into(),
+        );
         if fw != Firmware::V2_10 {
             put("resetReason", "Power on".into());
         }
@@ -574,7 +640,14 @@ impl Device {
         put("invertscreen", 0.into());
         put("displayTimeout", (-1).into());
         put("autofanspeed", self.autofan.into());
-        put("fanspeed", if fw == Firmware::V2_10 { Value::from(self.fan.round()) } else { Value::from(self.fan) });
+        put(
+            "fanspeed",
+            if fw == Firmware::V2_10 {
+                Value::from(self.fan.round())
+            } else {
+                Value::from(self.fan)
+            },
+        );
         if fw != Firmware::V2_10 {
             put("manualFanSpeed", self.manual_fan.into());
         }
@@ -591,7 +664,10 @@ impl Device {
             put("scriptsig", "Public-Pool".into());
             put("networkDifficulty", 146472570619930u64.into());
             let domains = vec![self.hashrate / 4.0; 4];
-            put("hashrateMonitor", json!({ "asics": [{ "total": self.hashrate, "domains": domains, "errorCount": self.shares_rejected }] }));
+            put(
+                "hashrateMonitor",
+                json!({ "asics": [{ "total": self.hashrate, "domains": domains, "errorCount": self.shares_rejected }] }),
+            );
         }
         Value::Object(m)
     }
@@ -619,15 +695,26 @@ impl Device {
         for (k, v) in obj {
             let ok = match k.as_str() {
                 "frequency" | "coreVoltage" => int(v).is_some_and(|f| f > 0.0),
-                "autofanspeed" => int(v).is_some_and(|f| f <= if fw == Firmware::Nerdqaxe { 2.0 } else { 1.0 }),
+                "autofanspeed" => {
+                    int(v).is_some_and(|f| f <= if fw == Firmware::Nerdqaxe { 2.0 } else { 1.0 })
+                }
                 "fanspeed" => int(v).is_some_and(|f| f <= 100.0),
                 "manualFanSpeed" => fw != Firmware::V2_10 && int(v).is_some_and(|f| f <= 100.0),
                 "temptarget" => int(v).is_some_and(|f| f <= 100.0),
-                "stratumURL" | "stratumUser" | "stratumPassword" | "fallbackStratumURL" | "fallbackStratumUser"
-                | "fallbackStratumPassword" | "hostname" => v.is_string(),
-                "stratumPort" | "fallbackStratumPort" => int(v).is_some_and(|p| (1.0..=65535.0).contains(&p)),
+                "stratumURL"
+                | "stratumUser"
+                | "stratumPassword"
+                | "fallbackStratumURL"
+                | "fallbackStratumUser"
+                | "fallbackStratumPassword"
+                | "hostname" => v.is_string(),
+                "stratumPort" | "fallbackStratumPort" => {
+                    int(v).is_some_and(|p| (1.0..=65535.0).contains(&p))
+                }
                 "primaryPoolIndex" | "secondaryPoolIndex" => {
-                    fw == Firmware::V2_15 && v.as_i64().is_some_and(|id| self.pools.iter().any(|p| p.id == id))
+                    fw == Firmware::V2_15
+                        && v.as_i64()
+                            .is_some_and(|id| self.pools.iter().any(|p| p.id == id))
                 }
                 // Settings this simulator does not model are accepted and ignored.
                 _ => true,
@@ -641,14 +728,22 @@ impl Device {
                 "frequency" => self.frequency = v.as_f64().unwrap_or_default() as u32,
                 "coreVoltage" => self.core_voltage = v.as_f64().unwrap_or_default() as u32,
                 "autofanspeed" => self.autofan = v.as_f64().unwrap_or_default() as u8,
-                "fanspeed" if fw == Firmware::V2_10 => self.manual_fan = v.as_f64().unwrap_or_default(),
+                "fanspeed" if fw == Firmware::V2_10 => {
+                    self.manual_fan = v.as_f64().unwrap_or_default()
+                }
                 "manualFanSpeed" => self.manual_fan = v.as_f64().unwrap_or_default(),
                 "temptarget" => self.temptarget = v.as_f64().unwrap_or_default(),
                 "primaryPoolIndex" => self.primary = v.as_i64().unwrap_or_default(),
                 "secondaryPoolIndex" => self.secondary = v.as_i64().unwrap_or_default(),
-                "stratumURL" if fw != Firmware::V2_15 => self.pools[0].url = v.as_str().unwrap_or_default().into(),
-                "stratumPort" if fw != Firmware::V2_15 => self.pools[0].port = v.as_f64().unwrap_or_default() as u16,
-                "stratumUser" if fw != Firmware::V2_15 => self.pools[0].user = v.as_str().unwrap_or_default().into(),
+                "stratumURL" if fw != Firmware::V2_15 => {
+                    self.pools[0].url = v.as_str().unwrap_or_default().into()
+                }
+                "stratumPort" if fw != Firmware::V2_15 => {
+                    self.pools[0].port = v.as_f64().unwrap_or_default() as u16
+                }
+                "stratumUser" if fw != Firmware::V2_15 => {
+                    self.pools[0].user = v.as_str().unwrap_or_default().into()
+                }
                 _ => {}
             }
         }
@@ -727,14 +822,20 @@ impl SimDevice {
 }
 
 /// Starts a simulated device on `addr` (port 0 for any free port).
-pub async fn start(spec: DeviceSpec, addr: SocketAddr, cancel: CancellationToken) -> std::io::Result<SimDevice> {
+pub async fn start(
+    spec: DeviceSpec,
+    addr: SocketAddr,
+    cancel: CancellationToken,
+) -> std::io::Result<SimDevice> {
     let listener = TcpListener::bind(addr).await?;
     Ok(serve(spec, listener, cancel))
 }
 
 /// Serves a simulated device on an already bound listener.
 pub fn serve(spec: DeviceSpec, listener: TcpListener, cancel: CancellationToken) -> SimDevice {
-    let addr = listener.local_addr().expect("bound listener has an address");
+    let addr = listener
+        .local_addr()
+        .expect("bound listener has an address");
     let shared = Arc::new(Shared {
         device: Mutex::new(Device::new(spec.clone())),
         faults: Mutex::new(Faults::default()),
@@ -762,7 +863,10 @@ pub fn serve(spec: DeviceSpec, listener: TcpListener, cancel: CancellationToken)
                 let mut d = accept_shared.device.lock().unwrap();
                 d.advance();
                 let restarting = d.restarting_until.is_some();
-                (faults.offline || restarting, rand::rng().random::<f64>() < faults.drop_rate)
+                (
+                    faults.offline || restarting,
+                    rand::rng().random::<f64>() < faults.drop_rate,
+                )
             };
             if offline || drop_it {
                 // Unplugged, rebooting, or a flaky link: the connection closes with no answer.
@@ -830,14 +934,24 @@ async fn asic(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 fn totp_ok(spec: &DeviceSpec, headers: &HeaderMap) -> bool {
-    let Some(secret) = &spec.totp_secret else { return true };
-    let Some(code) = headers.get("X-TOTP").and_then(|v| v.to_str().ok()) else { return false };
-    let Ok(bytes) = totp_rs::Secret::Encoded(secret.clone()).to_bytes() else { return false };
+    let Some(secret) = &spec.totp_secret else {
+        return true;
+    };
+    let Some(code) = headers.get("X-TOTP").and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Ok(bytes) = totp_rs::Secret::Encoded(secret.clone()).to_bytes() else {
+        return false;
+    };
     let totp = totp_rs::TOTP::new_unchecked(totp_rs::Algorithm::SHA1, 6, 1, 30, bytes);
     totp.check_current(code).unwrap_or(false)
 }
 
-async fn patch_system(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn patch_system(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Some(r) = inject(&shared).await {
         return r;
     }

@@ -1,0 +1,308 @@
+//! Test harness: a real Mosquitto on a free port, an MQTT observer that sees what Home Assistant
+//! would, and the daemon started against simulated miners on loopback.
+#![allow(dead_code)]
+
+use figment::{providers::Serialized, Figment};
+use miner2mqtt::config::{self, Config, MinerKind, RawConfig, RawMiner};
+use miner2mqtt::daemon::{self, Exit};
+use miner2mqtt::sim::axeos::SimDevice;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A Mosquitto broker owned by one test.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        let mut m = Mosquitto {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n",
+                self.port
+            ),
+        )
+        .unwrap();
+        let child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (apt-get install -y mosquitto)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the broker and starts a new one on the same port (retained messages are lost).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn mosquitto_binary() -> PathBuf {
+    for p in [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    "mosquitto".into()
+}
+
+/// One received message.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+    pub at: Instant,
+}
+
+impl Msg {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.payload).unwrap_or(Value::Null)
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.payload).into_owned()
+    }
+}
+
+/// An MQTT client that records everything, as Home Assistant would see it.
+#[derive(Clone)]
+pub struct Observer {
+    pub client: AsyncClient,
+    log: Arc<Mutex<Vec<Msg>>>,
+}
+
+impl Observer {
+    pub async fn connect(port: u16, filters: &[&str]) -> Observer {
+        let id = format!("observer-{}", rand_id());
+        let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        options.set_keep_alive(Duration::from_secs(5));
+        let (client, mut eventloop) = AsyncClient::new(options, 100);
+        for f in filters {
+            client.subscribe(*f, QoS::AtLeastOnce).await.unwrap();
+        }
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut ready = Some(ready_tx);
+        let mut suback = 0;
+        let wanted = filters.len();
+        let resubscribe = client.clone();
+        let owned: Vec<String> = filters.iter().map(|s| s.to_string()).collect();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => sink.lock().unwrap().push(Msg {
+                        topic: p.topic,
+                        payload: p.payload.to_vec(),
+                        retain: p.retain,
+                        at: Instant::now(),
+                    }),
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        suback += 1;
+                        if suback >= wanted {
+                            if let Some(tx) = ready.take() {
+                                let _ = tx.send(());
+                            }
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(_))) if ready.is_none() => {
+                        // Reconnected after a broker restart: subscribe again.
+                        for f in &owned {
+                            let _ = resubscribe.subscribe(f.clone(), QoS::AtLeastOnce).await;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .expect("observer subscribed")
+            .unwrap();
+        Observer { client, log }
+    }
+
+    pub fn messages(&self) -> Vec<Msg> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn clear(&self) {
+        self.log.lock().unwrap().clear();
+    }
+
+    /// Waits until a message on `topic` satisfies `pred`; returns it.
+    pub async fn wait_for(
+        &self,
+        topic: &str,
+        timeout: Duration,
+        pred: impl Fn(&Msg) -> bool,
+    ) -> Msg {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(m) = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|m| m.topic == topic && pred(m))
+            {
+                return m.clone();
+            }
+            if Instant::now() > deadline {
+                let seen: Vec<String> = self
+                    .messages()
+                    .iter()
+                    .filter(|m| m.topic == topic)
+                    .map(|m| m.text().chars().take(300).collect())
+                    .collect();
+                panic!("no matching message on {topic} within {timeout:?}; seen there: {seen:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for a message after `since` on `topic` satisfying `pred`.
+    pub async fn wait_after(
+        &self,
+        since: Instant,
+        topic: &str,
+        timeout: Duration,
+        pred: impl Fn(&Msg) -> bool,
+    ) -> Msg {
+        self.wait_for(topic, timeout, move |m| m.at >= since && pred(m))
+            .await
+    }
+
+    pub async fn publish(&self, topic: &str, payload: &str) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+}
+
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    h.finish()
+}
+
+/// A configuration pointing at `broker` with the given simulated miners.
+pub fn config_for(
+    port: u16,
+    miners: &[(&str, &SimDevice)],
+    store: &Path,
+    tweak: impl FnOnce(&mut RawConfig),
+) -> Config {
+    let mut raw = RawConfig::default();
+    raw.mqtt.port = port;
+    raw.mqtt.client_id = format!("miner2mqtt-test-{}", rand_id());
+    raw.mqtt.keepalive = Duration::from_secs(5);
+    raw.poll_interval = Duration::from_secs(1);
+    raw.request_timeout = Duration::from_millis(800);
+    raw.retries = 0;
+    raw.offline_after = 2;
+    raw.store.path = store.to_path_buf();
+    raw.miners = miners
+        .iter()
+        .map(|(name, d)| RawMiner {
+            name: name.to_string(),
+            kind: MinerKind::Axeos,
+            host: d.addr.to_string(),
+            totp_secret: None,
+            limits: Default::default(),
+        })
+        .collect();
+    tweak(&mut raw);
+    config::from_figment(&Figment::from(Serialized::defaults(raw))).unwrap()
+}
+
+/// A daemon running inside the test.
+pub struct Daemon {
+    pub token: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<Exit>>,
+}
+
+impl Daemon {
+    pub fn start(config: Config) -> Daemon {
+        let token = CancellationToken::new();
+        let task = tokio::spawn(daemon::run(config, token.clone(), None));
+        Daemon { token, task }
+    }
+
+    pub async fn stop(self) -> Exit {
+        self.token.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("daemon stops")
+            .unwrap()
+            .unwrap()
+    }
+}
+
+pub const WAIT: Duration = Duration::from_secs(15);
