@@ -1,4 +1,18 @@
-//! `miner2mqtt bench`: measures the daemon polling N simulated miners.
+//! `miner2mqtt bench`: the daemon's own cost while polling N simulated miners.
+//!
+//! The simulated miners run in one child process (`miner2mqtt simulate`) and the daemon in
+//! another (`miner2mqtt run`), so the daemon's CPU time and peak RSS are read from /proc for its
+//! process alone. A subscriber counts what reaches the broker. The bench uses its own base topic
+//! and discovery prefix so it never adds devices to a real Home Assistant.
+
+use anyhow::Context;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Arguments of `miner2mqtt bench`.
 #[derive(Debug, clap::Args)]
@@ -6,8 +20,208 @@ pub struct BenchArgs {
     /// How many simulated ESP-Miner miners.
     #[arg(long, default_value_t = 20)]
     pub miners: u32,
+    /// How often the daemon polls each miner.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// How long to measure, after a warm-up of one interval.
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// The broker; an embedded one is started there if nothing answers.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub broker: SocketAddr,
 }
 
-pub async fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("bench is not implemented yet")
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').context("bad /proc stat")? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+/// Peak resident memory of a process, MiB.
+fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("no VmHWM")?;
+    let kb: f64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("bad VmHWM")?
+        .parse()?;
+    Ok(kb / 1024.0)
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let _ = rlimit::increase_nofile_limit(args.miners as u64 * 3 + 4096);
+    let exe = std::env::current_exe()?;
+    let work = std::env::temp_dir().join(format!("miner2mqtt-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+
+    if !crate::demo::broker_answers(args.broker) {
+        crate::demo::start_embedded_broker(args.broker)?;
+        eprintln!("bench: started an embedded broker on {}", args.broker);
+    }
+
+    eprintln!("bench: starting {} simulated miners", args.miners);
+    let mut sim = Kill(
+        Command::new(&exe)
+            .args([
+                "simulate",
+                "--axeos",
+                &args.miners.to_string(),
+                "--firmware",
+                "v2.12",
+            ])
+            .env("MINER2MQTT_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the simulator process")?,
+    );
+    let stdout = sim.0.stdout.take().context("simulator stdout")?;
+    let mut hosts = Vec::with_capacity(args.miners as usize);
+    for line in BufReader::new(stdout).lines().take(args.miners as usize) {
+        let v: serde_json::Value = serde_json::from_str(&line?)?;
+        hosts.push(
+            v["host"]
+                .as_str()
+                .context("simulator line without host")?
+                .to_string(),
+        );
+    }
+    anyhow::ensure!(
+        hosts.len() == args.miners as usize,
+        "the simulator started only {} miners",
+        hosts.len()
+    );
+
+    let base = format!("m2mbench{}", std::process::id());
+    let config = work.join("config.yaml");
+    {
+        let mut f = std::fs::File::create(&config)?;
+        writeln!(f, "mqtt: {{ host: {}, port: {}, base_topic: {base}, discovery_prefix: {base}-ha, client_id: {base} }}", args.broker.ip(), args.broker.port())?;
+        writeln!(f, "poll_interval: {}s", args.interval.as_secs_f64())?;
+        writeln!(f, "request_timeout: 5s\nlog_level: warn")?;
+        writeln!(f, "store: {{ path: {} }}", work.join("history").display())?;
+        writeln!(f, "miners:")?;
+        for (i, h) in hosts.iter().enumerate() {
+            writeln!(f, "  - {{ name: m{i}, kind: axeos, host: '{h}' }}")?;
+        }
+    }
+
+    let states = Arc::new(AtomicU64::new(0));
+    let all = Arc::new(AtomicU64::new(0));
+    let mut options = MqttOptions::new(
+        format!("{base}-counter"),
+        args.broker.ip().to_string(),
+        args.broker.port(),
+    );
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    client
+        .subscribe(format!("{base}/#"), QoS::AtMostOnce)
+        .await?;
+    {
+        let (states, all) = (states.clone(), all.clone());
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        all.fetch_add(1, Ordering::Relaxed);
+                        if p.topic.ends_with("/state") {
+                            states.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            }
+        });
+    }
+
+    eprintln!(
+        "bench: starting the daemon; warming up for {:?}",
+        args.interval
+    );
+    let daemon = Kill(
+        Command::new(&exe)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("MINER2MQTT_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the daemon process")?,
+    );
+    let pid = daemon.0.id();
+    let mut daemon = daemon;
+    tokio::time::sleep(args.interval + Duration::from_secs(2)).await;
+    if let Some(status) = daemon.0.try_wait()? {
+        anyhow::bail!("the daemon exited during warm-up ({status}); its error is printed above");
+    }
+
+    let cpu0 = cpu_seconds(pid)?;
+    let states0 = states.load(Ordering::Relaxed);
+    let all0 = all.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    tokio::time::sleep(args.duration).await;
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid)? - cpu0;
+    let polls = (states.load(Ordering::Relaxed) - states0) as f64;
+    let msgs = (all.load(Ordering::Relaxed) - all0) as f64;
+    let rss = peak_rss_mib(pid)?;
+    drop(daemon);
+    drop(sim);
+    let _ = std::fs::remove_dir_all(&work);
+
+    let expected = args.miners as f64 / args.interval.as_secs_f64();
+    println!("miners                 {}", args.miners);
+    println!("poll interval          {:?}", args.interval);
+    println!(
+        "measured for           {secs:.0} s (after {:?} warm-up)",
+        args.interval
+    );
+    println!(
+        "polls per second       {:.1} (expected {expected:.1})",
+        polls / secs
+    );
+    println!(
+        "daemon CPU             {:.2} % of one core",
+        cpu / secs * 100.0
+    );
+    println!(
+        "CPU s per 1000 polls   {:.3}",
+        if polls > 0.0 {
+            cpu / polls * 1000.0
+        } else {
+            f64::NAN
+        }
+    );
+    println!("daemon peak RSS        {rss:.1} MiB");
+    println!("MQTT messages/s        {:.1}", msgs / secs);
+    Ok(())
 }

@@ -39,8 +39,15 @@ pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 /// How long retained discovery may take to arrive after a ConnAck before we compare with it.
 const RETAINED_SETTLE: Duration = Duration::from_millis(750);
-/// How often bridge/info may be republished when it changes.
-const INFO_EVERY: Duration = Duration::from_secs(5);
+/// How often bridge/info and bridge/miners may be republished when they change; a large fleet's
+/// miner list is megabytes, so it waits longer.
+fn info_every(miners: usize) -> Duration {
+    if miners > 1000 {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(5)
+    }
+}
 
 struct Slot {
     config: MinerConfig,
@@ -74,6 +81,9 @@ struct Hub {
     log_control: Option<LogControl>,
     exit: Option<Exit>,
     store_failing: bool,
+    /// Successful and failed polls since start, for health checks and the benchmark.
+    polls_ok: u64,
+    polls_failed: u64,
 }
 
 fn payload_hash(bytes: &[u8]) -> u64 {
@@ -172,6 +182,8 @@ pub async fn run(
         log_control,
         exit: None,
         store_failing: false,
+        polls_ok: 0,
+        polls_failed: 0,
     };
 
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -213,6 +225,7 @@ impl Hub {
         match ev {
             FleetEvent::Polled { miner, at, reading } => self.on_reading(miner, at, *reading),
             FleetEvent::PollFailed { miner, error } => {
+                self.polls_failed += 1;
                 let slot = &mut self.slots[miner];
                 slot.failures += 1;
                 if slot.failures >= self.config.offline_after && slot.online != Some(false) {
@@ -241,6 +254,7 @@ impl Hub {
     }
 
     fn on_reading(&mut self, i: usize, at: SystemTime, reading: Reading) {
+        self.polls_ok += 1;
         let slot = &mut self.slots[i];
         slot.failures = 0;
         let hwid = reading
@@ -298,6 +312,9 @@ impl Hub {
                 }
                 _ => {}
             }
+        }
+        if identity_changed {
+            self.clear_stale();
         }
         let slot = &mut self.slots[i];
         slot.reading = Some(reading);
@@ -459,6 +476,8 @@ impl Hub {
                 "healthy": true,
                 "miners": self.slots.len(),
                 "miners_online": self.slots.iter().filter(|s| s.online == Some(true)).count(),
+                "polls_ok": self.polls_ok,
+                "polls_failed": self.polls_failed,
             })),
             "history" => self.history(&parsed),
             other => Err(format!(
@@ -523,7 +542,7 @@ impl Hub {
         }
         if self.connected && self.info_dirty && now >= self.info_at {
             self.info_dirty = false;
-            self.info_at = now + INFO_EVERY;
+            self.info_at = now + info_every(self.slots.len());
             self.publish_info();
         }
     }
@@ -534,7 +553,32 @@ impl Hub {
     fn full_publish(&mut self, force: bool) {
         let (topic, payload) = discovery::bridge_discovery(&self.topics);
         self.publish_retained_if_changed(topic.clone(), payload, force);
-        let mut expected: BTreeSet<String> = BTreeSet::from([topic]);
+        self.clear_stale();
+        for i in 0..self.slots.len() {
+            if self.slots[i].reading.is_some() {
+                self.publish_discovery(i, force);
+            }
+            if let Some(online) = self.slots[i].online {
+                self.mqtt.publish(
+                    self.topics.availability(&self.slots[i].config.name),
+                    if online { "online" } else { "offline" },
+                    true,
+                );
+            }
+            self.publish_state(i);
+        }
+    }
+
+    /// Clears retained discovery that no configured miner claims, and the availability of
+    /// miners removed from the config. Only once every configured miner's hardware id is known:
+    /// until then an unidentified miner might own a retained entry, and clearing it would make
+    /// Home Assistant delete the device and its customisations.
+    fn clear_stale(&mut self) {
+        if !self.synced || self.slots.iter().any(|s| s.hardware_id.is_none()) {
+            return;
+        }
+        let mut expected: BTreeSet<String> =
+            BTreeSet::from([self.topics.discovery(self.topics.bridge_object_id())]);
         for slot in &self.slots {
             if let Some(h) = &slot.hardware_id {
                 expected.insert(self.topics.discovery(&discovery::object_id(h)));
@@ -558,19 +602,6 @@ impl Hub {
                     .publish(self.topics.availability(&name), Vec::<u8>::new(), true);
                 let _ = self.store.forget_name(&name);
             }
-        }
-        for i in 0..self.slots.len() {
-            if self.slots[i].reading.is_some() {
-                self.publish_discovery(i, force);
-            }
-            if let Some(online) = self.slots[i].online {
-                self.mqtt.publish(
-                    self.topics.availability(&self.slots[i].config.name),
-                    if online { "online" } else { "offline" },
-                    true,
-                );
-            }
-            self.publish_state(i);
         }
     }
 

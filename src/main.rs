@@ -142,6 +142,8 @@ async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
     if first.miners.is_empty() {
         tracing::warn!(config = %path.display(), "no miners are configured; add them under miners:");
     }
+    // One socket per poll in flight; large fleets need more than the default 1024.
+    let _ = rlimit::increase_nofile_limit(first.miners.len() as u64 * 2 + 1024);
     let token = CancellationToken::new();
     on_signal(token.clone());
     let mut config = first;

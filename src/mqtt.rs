@@ -27,6 +27,10 @@ pub enum MqttEvent {
     },
 }
 
+/// The largest packet sent or accepted. A larger publish is refused here, by topic, rather than
+/// letting rumqttc drop the whole connection over it.
+pub const MAX_PACKET: usize = 16 << 20;
+
 enum Outbound {
     Publish {
         topic: String,
@@ -76,8 +80,8 @@ pub fn start(
     options
         .set_keep_alive(config.keepalive)
         .set_clean_session(true)
-        // Discovery for a miner is several kilobytes; a large bridge/info too.
-        .set_max_packet_size(1 << 20, 1 << 20)
+        // Discovery for a miner is several kilobytes; bridge/miners for a large fleet, megabytes.
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
         .set_last_will(LastWill::new(will_topic, "offline", QoS::AtLeastOnce, true));
     if let Some(user) = &config.username {
         let password = config

@@ -786,3 +786,48 @@ fn simulator_payloads_have_the_shape_of_the_real_devices() {
         cancel.cancel();
     });
 }
+
+/// Regression: with a fresh history store, a miner that answered its first poll after the
+/// discovery sync had its retained discovery cleared as "stale", which makes Home Assistant
+/// delete the device (and the user's entity settings) before recreating it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_miner_keeps_its_discovery_when_the_store_is_new() {
+    let broker = Mosquitto::start();
+    let cancel = CancellationToken::new();
+    let devs = sims(vec![DeviceSpec::gamma(20, Firmware::V2_12)], &cancel).await;
+    let ha = Observer::connect(broker.port, &ALL).await;
+    let first = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(config_for(
+        broker.port,
+        &[("slow", &devs[0])],
+        &first.path().join("h"),
+        |_| {},
+    ));
+    ha.wait_for(&disco(&hwid(&devs[0])), WAIT, |m| !m.payload.is_empty())
+        .await;
+    daemon.stop().await;
+
+    devs[0].set_faults(Faults {
+        latency_ms: 2500,
+        ..Default::default()
+    });
+    let fresh = tempfile::tempdir().unwrap();
+    let restarted = Instant::now();
+    let daemon = Daemon::start(config_for(
+        broker.port,
+        &[("slow", &devs[0])],
+        &fresh.path().join("h"),
+        |r| {
+            r.request_timeout = Duration::from_secs(5);
+        },
+    ));
+    ha.wait_after(restarted, "miner2mqtt/slow/state", WAIT, |_| true)
+        .await;
+    let cleared = ha
+        .messages()
+        .iter()
+        .any(|m| m.at >= restarted && m.topic == disco(&hwid(&devs[0])) && m.payload.is_empty());
+    assert!(!cleared, "the slow miner's discovery was cleared");
+    daemon.stop().await;
+    cancel.cancel();
+}

@@ -39,6 +39,9 @@ impl Topics {
     pub fn bridge_info(&self) -> String {
         format!("{}/bridge/info", self.base)
     }
+    pub fn bridge_miners(&self) -> String {
+        format!("{}/bridge/miners", self.base)
+    }
     pub fn bridge_event(&self) -> String {
         format!("{}/bridge/event", self.base)
     }
