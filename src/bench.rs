@@ -135,25 +135,35 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let states = Arc::new(AtomicU64::new(0));
     let all = Arc::new(AtomicU64::new(0));
+    let health: Arc<std::sync::Mutex<Option<serde_json::Value>>> = Arc::default();
     let mut options = MqttOptions::new(
         format!("{base}-counter"),
         args.broker.ip().to_string(),
         args.broker.port(),
     );
-    options.set_max_packet_size(1 << 20, 1 << 20);
+    // bridge/miners for a large fleet is megabytes.
+    options.set_max_packet_size(crate::mqtt::MAX_PACKET, crate::mqtt::MAX_PACKET);
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     client
         .subscribe(format!("{base}/#"), QoS::AtMostOnce)
         .await?;
     {
-        let (states, all) = (states.clone(), all.clone());
+        let (states, all, health) = (states.clone(), all.clone(), health.clone());
+        let response = format!("{base}/bridge/response/health_check");
+        let resubscribe = client.clone();
+        let filter = format!("{base}/#");
         tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = resubscribe.try_subscribe(filter.clone(), QoS::AtMostOnce);
+                    }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         all.fetch_add(1, Ordering::Relaxed);
                         if p.topic.ends_with("/state") {
                             states.fetch_add(1, Ordering::Relaxed);
+                        } else if p.topic == response {
+                            *health.lock().unwrap() = serde_json::from_slice(&p.payload).ok();
                         }
                     }
                     Ok(_) => {}
@@ -184,6 +194,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         anyhow::bail!("the daemon exited during warm-up ({status}); its error is printed above");
     }
 
+    let ask = |client: AsyncClient,
+               health: Arc<std::sync::Mutex<Option<serde_json::Value>>>,
+               base: String| async move {
+        *health.lock().unwrap() = None;
+        client
+            .publish(
+                format!("{base}/bridge/request/health_check"),
+                QoS::AtLeastOnce,
+                false,
+                "{}",
+            )
+            .await?;
+        for _ in 0..600 {
+            if let Some(v) = health.lock().unwrap().clone() {
+                let n = |k: &str| v["data"][k].as_u64().unwrap_or(0);
+                return Ok::<_, anyhow::Error>((n("polls_ok"), n("polls_failed")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("the daemon did not answer bridge/request/health_check")
+    };
+    let (ok0, failed0) = ask(client.clone(), health.clone(), base.clone()).await?;
     let cpu0 = cpu_seconds(pid)?;
     let states0 = states.load(Ordering::Relaxed);
     let all0 = all.load(Ordering::Relaxed);
@@ -191,7 +223,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     tokio::time::sleep(args.duration).await;
     let secs = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid)? - cpu0;
-    let polls = (states.load(Ordering::Relaxed) - states0) as f64;
+    let (ok1, failed1) = ask(client.clone(), health.clone(), base.clone()).await?;
+    let polls = (ok1 - ok0) as f64;
+    let failed = failed1 - failed0;
+    let published = (states.load(Ordering::Relaxed) - states0) as f64;
     let msgs = (all.load(Ordering::Relaxed) - all0) as f64;
     let rss = peak_rss_mib(pid)?;
     drop(daemon);
@@ -206,9 +241,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.interval
     );
     println!(
-        "polls per second       {:.1} (expected {expected:.1})",
+        "polls per second       {:.1} (expected {expected:.1}); {failed} failed",
         polls / secs
     );
+    println!("states received/s      {:.1}", published / secs);
     println!(
         "daemon CPU             {:.2} % of one core",
         cpu / secs * 100.0

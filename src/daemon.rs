@@ -124,6 +124,11 @@ pub async fn run(
         .build()?;
     let (fleet_tx, mut fleet_rx) = mpsc::channel::<FleetEvent>(4096);
     let mut slots = Vec::with_capacity(config.miners.len());
+    // First polls spread over ~2 ms per miner (at least 2 s, at most one interval), so a large
+    // fleet does not start with every miner polled in the same second.
+    let first_spread = (Duration::from_millis(2) * config.miners.len() as u32)
+        .max(Duration::from_secs(2))
+        .min(config.poll_interval);
     for (i, m) in config.miners.iter().enumerate() {
         let client = match m.kind {
             MinerKind::Axeos => {
@@ -146,6 +151,7 @@ pub async fn run(
             m.name.clone(),
             client,
             config.poll_interval,
+            first_spread,
             fleet_tx.clone(),
             &tracker,
             pollers.clone(),
@@ -535,6 +541,9 @@ impl Hub {
             self.sync_at = None;
             self.synced = true;
             self.full_publish(false);
+            // The retained copies have been compared; from here on `retained` tracks what we
+            // publish, and the echo of every discovery payload would only cost bandwidth.
+            self.mqtt.unsubscribe(self.topics.discovery_wildcard());
         }
         if self.synced && self.republish_at.is_some_and(|t| now >= t) {
             self.republish_at = None;

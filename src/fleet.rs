@@ -50,12 +50,15 @@ impl MinerHandle {
 /// How long after a restart-like command to look again: the device is rebooting.
 const AFTER_RESTART: Duration = Duration::from_secs(5);
 
-/// Starts the poller for one miner.
+/// Starts the poller for one miner. Its first poll comes at a random point within
+/// `first_spread`.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_poller(
     miner: usize,
     name: String,
     mut client: MinerClient,
     interval: Duration,
+    first_spread: Duration,
     events: mpsc::Sender<FleetEvent>,
     tracker: &TaskTracker,
     cancel: CancellationToken,
@@ -64,7 +67,7 @@ pub fn spawn_poller(
     tracker.spawn(async move {
         // The first poll comes quickly so a starting daemon shows its fleet at once; the second
         // lands at a random phase so thousands of miners spread over the interval.
-        let first = interval.min(Duration::from_secs(2)).mul_f64(rand::rng().random::<f64>());
+        let first = first_spread.mul_f64(rand::rng().random::<f64>());
         let mut next = Instant::now() + first;
         let mut spread = true;
         loop {

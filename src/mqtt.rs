@@ -38,6 +38,7 @@ enum Outbound {
         retain: bool,
     },
     Subscribe(Vec<String>),
+    Unsubscribe(String),
     Disconnect,
 }
 
@@ -62,6 +63,11 @@ impl Mqtt {
         let _ = self.tx.send(Outbound::Subscribe(filters));
     }
 
+    /// Queues an unsubscription.
+    pub fn unsubscribe(&self, filter: String) {
+        let _ = self.tx.send(Outbound::Unsubscribe(filter));
+    }
+
     /// Queues a clean disconnect after everything queued before it.
     pub fn disconnect(&self) {
         let _ = self.tx.send(Outbound::Disconnect);
@@ -82,6 +88,8 @@ pub fn start(
         .set_clean_session(true)
         // Discovery for a miner is several kilobytes; bridge/miners for a large fleet, megabytes.
         .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+        // QoS 1 publishes awaiting PubAck: a large fleet publishes thousands per second.
+        .set_inflight(1000)
         .set_last_will(LastWill::new(will_topic, "offline", QoS::AtLeastOnce, true));
     if let Some(user) = &config.username {
         let password = config
@@ -170,6 +178,7 @@ pub fn start(
                         .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
                     client.subscribe_many(subs).await
                 }
+                Outbound::Unsubscribe(filter) => client.unsubscribe(filter).await,
                 Outbound::Disconnect => {
                     let _ = client.disconnect().await;
                     break;
