@@ -182,6 +182,19 @@ pub struct RawMiner {
     pub limits: LimitOverrides,
 }
 
+impl RawMiner {
+    /// A miner with no TOTP secret and the ASIC's own limits.
+    pub fn new(name: &str, kind: MinerKind, host: &str) -> RawMiner {
+        RawMiner {
+            name: name.into(),
+            kind,
+            host: host.into(),
+            totp_secret: None,
+            limits: LimitOverrides::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPool {

@@ -113,13 +113,7 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     raw.miners = names
         .iter()
         .zip(&devices)
-        .map(|(name, d)| RawMiner {
-            name: name.to_string(),
-            kind: MinerKind::Axeos,
-            host: d.addr.to_string(),
-            totp_secret: None,
-            limits: Default::default(),
-        })
+        .map(|(name, d)| RawMiner::new(name, MinerKind::Axeos, &d.addr.to_string()))
         .collect();
     let config: Config = config::from_figment(&Figment::from(Serialized::defaults(raw)))?;
 

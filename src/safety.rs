@@ -95,6 +95,18 @@ impl Limits {
             _ => (None, None, None, None),
         };
 
+        // The firmware's own option lists set the floor: nothing below what the device offers.
+        let floor = |range: Option<RangeInclusive<u32>>, options: &Option<Vec<u32>>| {
+            let range = range?;
+            let lowest = options.as_ref().and_then(|o| o.iter().copied().min());
+            Some(match lowest {
+                Some(lo) if lo > *range.start() && lo <= *range.end() => lo..=*range.end(),
+                _ => range,
+            })
+        };
+        let frequency = floor(frequency, &caps.frequency_options);
+        let voltage = floor(voltage, &caps.core_voltage_options);
+
         let mut modes = Vec::new();
         if let (Some(p), Some(f), Some(v)) = (&profile, &frequency, &voltage) {
             let overrides = config.modes.get(p.model);
@@ -291,6 +303,9 @@ mod tests {
         );
         assert!(w.is_empty());
         assert!(l.check(&Command::SetFrequency(600)).is_ok());
+        // Below the firmware's lowest option (400 MHz).
+        assert!(l.check(&Command::SetFrequency(300)).is_err());
+        assert_eq!(l.frequency_mhz, Some(400..=625));
         let e = l.check(&Command::SetFrequency(800)).unwrap_err();
         assert!(
             e.contains("800 MHz") && e.contains("625") && e.contains("allow_overclock"),

@@ -9,12 +9,6 @@ use serde_json::Value;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-async fn sims(specs: Vec<DeviceSpec>, cancel: &CancellationToken) -> Vec<SimDevice> {
-    miner2mqtt::sim::start_axeos_fleet(specs, None, cancel)
-        .await
-        .unwrap()
-}
-
 fn disco(mac: &str) -> String {
     format!("homeassistant/device/miner2mqtt/{mac}/config")
 }
@@ -23,29 +17,17 @@ fn hwid(d: &SimDevice) -> String {
     d.spec.mac_string().replace(':', "").to_ascii_lowercase()
 }
 
-const ALL: [&str; 2] = ["miner2mqtt/#", "homeassistant/#"];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_miners_appear_in_home_assistant_with_the_right_entities() {
-    let broker = Mosquitto::start();
-    let cancel = CancellationToken::new();
-    let devs = sims(
-        vec![
-            DeviceSpec::new(1, Firmware::V2_10, BM1368, 1),
-            DeviceSpec::new(2, Firmware::V2_12, BM1370, 1),
-            DeviceSpec::new(3, Firmware::Nerdqaxe, BM1370, 4),
-        ],
-        &cancel,
-    )
+    let rig = Rig::start(vec![
+        DeviceSpec::new(1, Firmware::V2_10, BM1368, 1),
+        DeviceSpec::new(2, Firmware::V2_12, BM1370, 1),
+        DeviceSpec::new(3, Firmware::Nerdqaxe, BM1370, 4),
+    ])
     .await;
-    let store = tempfile::tempdir().unwrap();
-    let ha = Observer::connect(broker.port, &ALL).await;
-    let config = config_for(
-        broker.port,
-        &[("supra", &devs[0]), ("gamma", &devs[1]), ("nerd", &devs[2])],
-        &store.path().join("h"),
-        |_| {},
-    );
+    let devs = &rig.devs;
+    let ha = &rig.ha;
+    let config = rig.config(&["supra", "gamma", "nerd"], |_| {});
     let daemon = Daemon::start(config);
 
     ha.wait_for("miner2mqtt/bridge/state", WAIT, |m| {
@@ -145,7 +127,11 @@ async fn three_miners_appear_in_home_assistant_with_the_right_entities() {
     assert_eq!(nerd["dev"]["hw"], "4× BM1370");
 
     // Discovery is retained: a Home Assistant that connects later still sees it.
-    let late = Observer::connect(broker.port, &["homeassistant/device/miner2mqtt/+/config"]).await;
+    let late = Observer::connect(
+        rig.broker.port,
+        &["homeassistant/device/miner2mqtt/+/config"],
+    )
+    .await;
     let m = late.wait_for(&disco(&hwid(&devs[1])), WAIT, |_| true).await;
     assert!(m.retain);
 
@@ -173,24 +159,16 @@ async fn three_miners_appear_in_home_assistant_with_the_right_entities() {
     assert!(avail.retain || avail.text() == "online");
 
     daemon.stop().await;
-    cancel.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frequency_slider_moves_the_miner_and_the_state_follows() {
-    let broker = Mosquitto::start();
-    let cancel = CancellationToken::new();
-    let devs = sims(vec![DeviceSpec::gamma(7, Firmware::V2_12)], &cancel).await;
-    let store = tempfile::tempdir().unwrap();
-    let ha = Observer::connect(broker.port, &ALL).await;
-    let daemon = Daemon::start(config_for(
-        broker.port,
-        &[("gamma", &devs[0])],
-        &store.path().join("h"),
-        |r| {
-            r.poll_interval = Duration::from_secs(60);
-        },
-    ));
+    let rig = Rig::start(vec![DeviceSpec::gamma(7, Firmware::V2_12)]).await;
+    let devs = &rig.devs;
+    let ha = &rig.ha;
+    let daemon = Daemon::start(rig.config(&["gamma"], |r| {
+        r.poll_interval = Duration::from_secs(60);
+    }));
     ha.wait_for("miner2mqtt/gamma/state", WAIT, |m| {
         m.json()["frequency"] == 525.0
     })
@@ -255,25 +233,17 @@ async fn a_frequency_slider_moves_the_miner_and_the_state_follows() {
         .any(|p| p.get("manualFanSpeed").is_some()));
 
     daemon.stop().await;
-    cancel.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_range_and_garbage_commands_are_refused_with_a_reason_and_nothing_reaches_the_miner()
 {
-    let broker = Mosquitto::start();
-    let cancel = CancellationToken::new();
-    let devs = sims(vec![DeviceSpec::gamma(8, Firmware::V2_12)], &cancel).await;
-    let store = tempfile::tempdir().unwrap();
-    let ha = Observer::connect(broker.port, &ALL).await;
-    let daemon = Daemon::start(config_for(
-        broker.port,
-        &[("gamma", &devs[0])],
-        &store.path().join("h"),
-        |r| {
-            r.poll_interval = Duration::from_secs(60);
-        },
-    ));
+    let rig = Rig::start(vec![DeviceSpec::gamma(8, Firmware::V2_12)]).await;
+    let devs = &rig.devs;
+    let ha = &rig.ha;
+    let daemon = Daemon::start(rig.config(&["gamma"], |r| {
+        r.poll_interval = Duration::from_secs(60);
+    }));
     ha.wait_for("miner2mqtt/gamma/state", WAIT, |_| true).await;
 
     for (property, value, expect) in [
@@ -312,15 +282,10 @@ async fn out_of_range_and_garbage_commands_are_refused_with_a_reason_and_nothing
     // With allow_overclock the same 900 MHz is still refused above the absolute 1000? No: 900 is
     // within BM1370's absolute range, so it is accepted; 1100 is not.
     daemon.stop().await;
-    let daemon = Daemon::start(config_for(
-        broker.port,
-        &[("gamma", &devs[0])],
-        &store.path().join("h"),
-        |r| {
-            r.poll_interval = Duration::from_secs(60);
-            r.safety.allow_overclock = true;
-        },
-    ));
+    let daemon = Daemon::start(rig.config(&["gamma"], |r| {
+        r.poll_interval = Duration::from_secs(60);
+        r.safety.allow_overclock = true;
+    }));
     ha.clear();
     ha.wait_for("miner2mqtt/gamma/state", WAIT, |_| true).await;
     let sent = Instant::now();
@@ -343,28 +308,20 @@ async fn out_of_range_and_garbage_commands_are_refused_with_a_reason_and_nothing
         .iter()
         .all(|p| p["frequency"].as_u64().unwrap_or(0) <= 1000));
     daemon.stop().await;
-    cancel.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_comes_back_after_the_broker_is_killed_and_restarted() {
-    let mut broker = Mosquitto::start();
-    let cancel = CancellationToken::new();
-    let devs = sims(vec![DeviceSpec::gamma(9, Firmware::V2_12)], &cancel).await;
-    let store = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(config_for(
-        broker.port,
-        &[("gamma", &devs[0])],
-        &store.path().join("h"),
-        |_| {},
-    ));
-    {
-        let ha = Observer::connect(broker.port, &ALL).await;
-        ha.wait_for(&disco(&hwid(&devs[0])), WAIT, |_| true).await;
-    }
-    broker.restart();
-    // The new broker has no retained messages: everything must be published again.
-    let ha = Observer::connect(broker.port, &ALL).await;
+    let mut rig = Rig::start(vec![DeviceSpec::gamma(9, Firmware::V2_12)]).await;
+    let daemon = Daemon::start(rig.config(&["gamma"], |_| {}));
+    rig.ha
+        .wait_for(&disco(&hwid(&rig.devs[0])), WAIT, |_| true)
+        .await;
+    rig.broker.restart();
+    // A new observer, so nothing seen before the restart can satisfy what follows: the new
+    // broker has no retained messages, and everything must be published again.
+    let ha = Observer::connect(rig.broker.port, &["miner2mqtt/#", "homeassistant/#"]).await;
+    let devs = &rig.devs;
     ha.wait_for("miner2mqtt/bridge/state", Duration::from_secs(30), |m| {
         m.text() == "online"
     })
@@ -387,32 +344,21 @@ async fn the_daemon_comes_back_after_the_broker_is_killed_and_restarted() {
     })
     .await;
     daemon.stop().await;
-    cancel.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn home_assistant_coming_online_gets_state_republished() {
-    let broker = Mosquitto::start();
-    let cancel = CancellationToken::new();
-    let devs = sims(
-        vec![
-            DeviceSpec::gamma(10, Firmware::V2_12),
-            DeviceSpec::gamma(11, Firmware::V2_15),
-        ],
-        &cancel,
-    )
+    let rig = Rig::start(vec![
+        DeviceSpec::gamma(10, Firmware::V2_12),
+        DeviceSpec::gamma(11, Firmware::V2_15),
+    ])
     .await;
-    let store = tempfile::tempdir().unwrap();
-    let ha = Observer::connect(broker.port, &ALL).await;
-    let daemon = Daemon::start(config_for(
-        broker.port,
-        &[("a", &devs[0]), ("b", &devs[1])],
-        &store.path().join("h"),
-        |r| {
-            // Polls are far apart, so states after the birth can only be the republish.
-            r.poll_interval = Duration::from_secs(120);
-        },
-    ));
+    let devs = &rig.devs;
+    let ha = &rig.ha;
+    let daemon = Daemon::start(rig.config(&["a", "b"], |r| {
+        // Polls are far apart, so states after the birth can only be the republish.
+        r.poll_interval = Duration::from_secs(120);
+    }));
     ha.wait_for("miner2mqtt/a/state", WAIT, |_| true).await;
     ha.wait_for("miner2mqtt/b/state", WAIT, |_| true).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -441,22 +387,14 @@ async fn home_assistant_coming_online_gets_state_republished() {
         a.at.duration_since(birth)
     );
     daemon.stop().await;
-    cancel.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_miner_that_disappears_goes_unavailable_and_comes_back_by_itself() {
-    let broker = Mosquitto::start();
-    let cancel = CancellationToken::new();
-    let devs = sims(vec![DeviceSpec::gamma(12, Firmware::V2_12)], &cancel).await;
-    let store = tempfile::tempdir().unwrap();
-    let ha = Observer::connect(broker.port, &ALL).await;
-    let daemon = Daemon::start(config_for(
-        broker.port,
-        &[("gamma", &devs[0])],
-        &store.path().join("h"),
-        |_| {},
-    ));
+    let rig = Rig::start(vec![DeviceSpec::gamma(12, Firmware::V2_12)]).await;
+    let devs = &rig.devs;
+    let ha = &rig.ha;
+    let daemon = Daemon::start(rig.config(&["gamma"], |_| {}));
     ha.wait_for("miner2mqtt/gamma/availability", WAIT, |m| {
         m.text() == "online"
     })
@@ -502,36 +440,20 @@ async fn a_miner_that_disappears_goes_unavailable_and_comes_back_by_itself() {
     })
     .await;
     daemon.stop().await;
-    cancel.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_slow_and_failing_miners_do_not_stop_the_others() {
-    let broker = Mosquitto::start();
-    let cancel = CancellationToken::new();
-    let devs = sims(
-        vec![
-            DeviceSpec::gamma(13, Firmware::V2_12),
-            DeviceSpec::gamma(14, Firmware::V2_12),
-            DeviceSpec::gamma(15, Firmware::V2_12),
-            DeviceSpec::gamma(16, Firmware::V2_12),
-        ],
-        &cancel,
-    )
+    let rig = Rig::start(vec![
+        DeviceSpec::gamma(13, Firmware::V2_12),
+        DeviceSpec::gamma(14, Firmware::V2_12),
+        DeviceSpec::gamma(15, Firmware::V2_12),
+        DeviceSpec::gamma(16, Firmware::V2_12),
+    ])
     .await;
-    let store = tempfile::tempdir().unwrap();
-    let ha = Observer::connect(broker.port, &ALL).await;
-    let daemon = Daemon::start(config_for(
-        broker.port,
-        &[
-            ("good", &devs[0]),
-            ("garbled", &devs[1]),
-            ("slow", &devs[2]),
-            ("broken", &devs[3]),
-        ],
-        &store.path().join("h"),
-        |_| {},
-    ));
+    let devs = &rig.devs;
+    let ha = &rig.ha;
+    let daemon = Daemon::start(rig.config(&["good", "garbled", "slow", "broken"], |_| {}));
     for name in ["good", "garbled", "slow", "broken"] {
         ha.wait_for(&format!("miner2mqtt/{name}/availability"), WAIT, |m| {
             m.text() == "online"
@@ -585,24 +507,16 @@ async fn malformed_slow_and_failing_miners_do_not_stop_the_others() {
         .iter()
         .any(|m| m.topic == "miner2mqtt/good/availability" && m.text() == "offline"));
     daemon.stop().await;
-    cancel.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_15_offers_pool_selection_and_pause() {
-    let broker = Mosquitto::start();
-    let cancel = CancellationToken::new();
     let mut spec = DeviceSpec::gamma(17, Firmware::V2_15);
     spec.restart_time = Duration::from_millis(500);
-    let devs = sims(vec![spec], &cancel).await;
-    let store = tempfile::tempdir().unwrap();
-    let ha = Observer::connect(broker.port, &ALL).await;
-    let daemon = Daemon::start(config_for(
-        broker.port,
-        &[("g15", &devs[0])],
-        &store.path().join("h"),
-        |_| {},
-    ));
+    let rig = Rig::start(vec![spec]).await;
+    let devs = &rig.devs;
+    let ha = &rig.ha;
+    let daemon = Daemon::start(rig.config(&["g15"], |_| {}));
     let d = ha
         .wait_for(&disco(&hwid(&devs[0])), WAIT, |_| true)
         .await
@@ -635,30 +549,19 @@ async fn v2_15_offers_pool_selection_and_pause() {
     .await;
     assert_eq!(devs[0].snapshot().primary_pool, 1);
     daemon.stop().await;
-    cancel.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_miner_is_cleared_and_shutdown_says_offline() {
-    let broker = Mosquitto::start();
-    let cancel = CancellationToken::new();
-    let devs = sims(
-        vec![
-            DeviceSpec::gamma(18, Firmware::V2_12),
-            DeviceSpec::gamma(19, Firmware::V2_12),
-        ],
-        &cancel,
-    )
+    let rig = Rig::start(vec![
+        DeviceSpec::gamma(18, Firmware::V2_12),
+        DeviceSpec::gamma(19, Firmware::V2_12),
+    ])
     .await;
-    let store = tempfile::tempdir().unwrap();
-    let path = store.path().join("h");
-    let ha = Observer::connect(broker.port, &ALL).await;
-    let daemon = Daemon::start(config_for(
-        broker.port,
-        &[("keep", &devs[0]), ("drop", &devs[1])],
-        &path,
-        |_| {},
-    ));
+    let devs = &rig.devs;
+    let path = rig.history_path();
+    let ha = &rig.ha;
+    let daemon = Daemon::start(rig.config(&["keep", "drop"], |_| {}));
     ha.wait_for(&disco(&hwid(&devs[1])), WAIT, |m| !m.payload.is_empty())
         .await;
     ha.wait_for("miner2mqtt/drop/availability", WAIT, |m| {
@@ -686,12 +589,7 @@ async fn a_removed_miner_is_cleared_and_shutdown_says_offline() {
     }
 
     let restarted = Instant::now();
-    let daemon = Daemon::start(config_for(
-        broker.port,
-        &[("keep", &devs[0])],
-        &path,
-        |_| {},
-    ));
+    let daemon = Daemon::start(rig.config(&["keep"], |_| {}));
     let cleared = ha
         .wait_after(restarted, &disco(&hwid(&devs[1])), WAIT, |_| true)
         .await;
@@ -712,7 +610,6 @@ async fn a_removed_miner_is_cleared_and_shutdown_says_offline() {
         "unchanged discovery was republished"
     );
     daemon.stop().await;
-    cancel.cancel();
 }
 
 #[test]
@@ -792,13 +689,11 @@ fn simulator_payloads_have_the_shape_of_the_real_devices() {
 /// delete the device (and the user's entity settings) before recreating it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_miner_keeps_its_discovery_when_the_store_is_new() {
-    let broker = Mosquitto::start();
-    let cancel = CancellationToken::new();
-    let devs = sims(vec![DeviceSpec::gamma(20, Firmware::V2_12)], &cancel).await;
-    let ha = Observer::connect(broker.port, &ALL).await;
+    let rig = Rig::start(vec![DeviceSpec::gamma(20, Firmware::V2_12)]).await;
+    let (devs, ha) = (&rig.devs, &rig.ha);
     let first = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(config_for(
-        broker.port,
+        rig.broker.port,
         &[("slow", &devs[0])],
         &first.path().join("h"),
         |_| {},
@@ -814,7 +709,7 @@ async fn a_slow_miner_keeps_its_discovery_when_the_store_is_new() {
     let fresh = tempfile::tempdir().unwrap();
     let restarted = Instant::now();
     let daemon = Daemon::start(config_for(
-        broker.port,
+        rig.broker.port,
         &[("slow", &devs[0])],
         &fresh.path().join("h"),
         |r| {
@@ -829,5 +724,72 @@ async fn a_slow_miner_keeps_its_discovery_when_the_store_is_new() {
         .any(|m| m.at >= restarted && m.topic == disco(&hwid(&devs[0])) && m.payload.is_empty());
     assert!(!cleared, "the slow miner's discovery was cleared");
     daemon.stop().await;
-    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_and_history_answer_on_the_request_topics() {
+    let rig = Rig::start(vec![DeviceSpec::gamma(21, Firmware::V2_12)]).await;
+    let ha = &rig.ha;
+    let daemon = Daemon::start(rig.config(&["gamma"], |_| {}));
+    for _ in 0..3 {
+        ha.wait_for("miner2mqtt/gamma/state", WAIT, |_| true).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let asked = Instant::now();
+    ha.publish(
+        "miner2mqtt/bridge/request/health_check",
+        r#"{"transaction": 7}"#,
+    )
+    .await;
+    let r = ha
+        .wait_after(
+            asked,
+            "miner2mqtt/bridge/response/health_check",
+            WAIT,
+            |_| true,
+        )
+        .await
+        .json();
+    assert_eq!(r["status"], "ok");
+    assert_eq!(r["transaction"], 7);
+    assert_eq!(r["data"]["miners_online"], 1);
+    assert!(r["data"]["polls_ok"].as_u64().unwrap() >= 2);
+
+    ha.publish(
+        "miner2mqtt/bridge/request/history",
+        r#"{"miner": "gamma", "minutes": 5, "transaction": "h"}"#,
+    )
+    .await;
+    let r = ha
+        .wait_after(asked, "miner2mqtt/bridge/response/history", WAIT, |_| true)
+        .await
+        .json();
+    assert_eq!(r["status"], "ok", "{r}");
+    let samples = r["data"].as_array().unwrap();
+    assert!(samples.len() >= 2, "{r}");
+    assert_eq!(samples[0]["clock"]["frequency_mhz"], 525);
+    assert!(samples[0]["hashrate"].as_f64().unwrap() > 500.0);
+
+    ha.publish(
+        "miner2mqtt/bridge/request/history",
+        r#"{"miner": "nobody"}"#,
+    )
+    .await;
+    let r = ha
+        .wait_after(asked, "miner2mqtt/bridge/response/history", WAIT, |m| {
+            m.json()["status"] == "error"
+        })
+        .await
+        .json();
+    assert!(r["error"].as_str().unwrap().contains("nobody"));
+    ha.publish("miner2mqtt/bridge/request/log_level", "chatty")
+        .await;
+    let r = ha
+        .wait_after(asked, "miner2mqtt/bridge/response/log_level", WAIT, |_| {
+            true
+        })
+        .await
+        .json();
+    assert_eq!(r["status"], "error");
+    daemon.stop().await;
 }

@@ -133,33 +133,106 @@ impl<'a> Builder<'a> {
         self.cmps.insert(key.into(), value);
     }
 
+    fn sensor(&mut self, spec: &SensorSpec) {
+        let mut base = self.base("sensor", spec.key, spec.name);
+        base.icon = spec.icon;
+        base.entity_category = spec.diagnostic.then_some("diagnostic");
+        let part = SensorPart {
+            device_class: spec.class,
+            state_class: spec.state,
+            unit_of_measurement: spec.unit,
+            suggested_display_precision: spec.precision,
+        };
+        self.add(spec.key, base, part);
+    }
+
+    /// A slider writing whole numbers to `set/<property>`.
     #[allow(clippy::too_many_arguments)]
-    fn sensor(
+    fn number(
         &mut self,
         key: &str,
         name: &str,
+        property: &str,
+        range: &std::ops::RangeInclusive<u32>,
+        unit: &'static str,
         device_class: Option<&'static str>,
-        unit: Option<&'static str>,
-        state_class: Option<&'static str>,
-        precision: Option<u8>,
         icon: Option<&'static str>,
-        diagnostic: bool,
+        miner: &str,
     ) {
-        let mut base = self.base("sensor", key, name);
+        let mut base = self.base("number", key, name);
+        base.entity_category = Some("config");
         base.icon = icon;
-        base.entity_category = diagnostic.then_some("diagnostic");
-        self.add(
-            key,
-            base,
-            SensorPart {
-                device_class,
-                state_class,
-                unit_of_measurement: unit,
-                suggested_display_precision: precision,
-            },
-        );
+        base.value_template = Some(format!("{{{{ value_json.{property} }}}}"));
+        let part = NumberPart {
+            command_topic: self.topics.set(miner, property),
+            min: *range.start() as f64,
+            max: *range.end() as f64,
+            step: 1.0,
+            mode: "slider",
+            unit_of_measurement: Some(unit),
+            device_class,
+        };
+        self.add(key, base, part);
     }
 }
+
+/// One sensor read from the state JSON key of the same name.
+pub struct SensorSpec {
+    pub key: &'static str,
+    pub name: &'static str,
+    pub class: Option<&'static str>,
+    pub unit: Option<&'static str>,
+    pub state: Option<&'static str>,
+    pub precision: Option<u8>,
+    pub icon: Option<&'static str>,
+    pub diagnostic: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
+const fn spec(
+    key: &'static str,
+    name: &'static str,
+    class: Option<&'static str>,
+    unit: Option<&'static str>,
+    state: Option<&'static str>,
+    precision: Option<u8>,
+    icon: Option<&'static str>,
+    diagnostic: bool,
+) -> SensorSpec {
+    SensorSpec {
+        key,
+        name,
+        class,
+        unit,
+        state,
+        precision,
+        icon,
+        diagnostic,
+    }
+}
+
+const M: Option<&str> = Some("measurement");
+
+/// The sensors every ESP-Miner miner gets.
+#[rustfmt::skip]
+pub const MINER_SENSORS: &[SensorSpec] = &[
+    spec("hashrate", "Hashrate", None, Some("GH/s"), M, Some(1), Some("mdi:pickaxe"), false),
+    spec("expected_hashrate", "Expected hashrate", None, Some("GH/s"), M, Some(1), Some("mdi:pickaxe"), false),
+    spec("power", "Power", Some("power"), Some("W"), M, Some(1), None, false),
+    spec("efficiency", "Efficiency", None, Some("J/TH"), M, Some(1), Some("mdi:leaf"), false),
+    spec("asic_temp", "ASIC temperature", Some("temperature"), Some("°C"), M, Some(1), None, false),
+    spec("vr_temp", "VR temperature", Some("temperature"), Some("°C"), M, Some(1), None, false),
+    spec("fan_speed", "Fan", None, Some("%"), M, Some(0), Some("mdi:fan"), false),
+    spec("fan_rpm", "Fan RPM", None, Some("rpm"), M, Some(0), Some("mdi:fan"), false),
+    spec("input_voltage", "Input voltage", Some("voltage"), Some("V"), M, Some(2), None, true),
+    spec("current", "Current", Some("current"), Some("A"), M, Some(2), None, true),
+    spec("shares_accepted", "Accepted shares", None, None, Some("total_increasing"), Some(0), Some("mdi:check-circle-outline"), false),
+    spec("shares_rejected", "Rejected shares", None, None, Some("total_increasing"), Some(0), Some("mdi:close-circle-outline"), false),
+    spec("best_difficulty", "Best difficulty", None, None, M, Some(0), Some("mdi:trophy-outline"), false),
+    spec("uptime", "Uptime", Some("duration"), Some("s"), None, Some(0), None, true),
+    spec("rssi", "Wi-Fi signal", Some("signal_strength"), Some("dBm"), M, Some(0), None, true),
+    spec("pool", "Pool", None, None, None, None, Some("mdi:server-network"), false),
+];
 
 /// `bitaxe-1` → `bitaxe_1`, as HA would slug it.
 pub fn slug(name: &str) -> String {
@@ -220,167 +293,9 @@ pub fn miner_discovery(topics: &Topics, m: &MinerDevice<'_>) -> (String, Value) 
         entity_prefix: slug(m.name),
         cmps: serde_json::Map::new(),
     };
-    let meas = Some("measurement");
-    b.sensor(
-        "hashrate",
-        "Hashrate",
-        None,
-        Some("GH/s"),
-        meas,
-        Some(1),
-        Some("mdi:pickaxe"),
-        false,
-    );
-    b.sensor(
-        "expected_hashrate",
-        "Expected hashrate",
-        None,
-        Some("GH/s"),
-        meas,
-        Some(1),
-        Some("mdi:pickaxe"),
-        false,
-    );
-    b.sensor(
-        "power",
-        "Power",
-        Some("power"),
-        Some("W"),
-        meas,
-        Some(1),
-        None,
-        false,
-    );
-    b.sensor(
-        "efficiency",
-        "Efficiency",
-        None,
-        Some("J/TH"),
-        meas,
-        Some(1),
-        Some("mdi:leaf"),
-        false,
-    );
-    b.sensor(
-        "asic_temp",
-        "ASIC temperature",
-        Some("temperature"),
-        Some("°C"),
-        meas,
-        Some(1),
-        None,
-        false,
-    );
-    b.sensor(
-        "vr_temp",
-        "VR temperature",
-        Some("temperature"),
-        Some("°C"),
-        meas,
-        Some(1),
-        None,
-        false,
-    );
-    b.sensor(
-        "fan_speed",
-        "Fan",
-        None,
-        Some("%"),
-        meas,
-        Some(0),
-        Some("mdi:fan"),
-        false,
-    );
-    b.sensor(
-        "fan_rpm",
-        "Fan RPM",
-        None,
-        Some("rpm"),
-        meas,
-        Some(0),
-        Some("mdi:fan"),
-        false,
-    );
-    b.sensor(
-        "input_voltage",
-        "Input voltage",
-        Some("voltage"),
-        Some("V"),
-        meas,
-        Some(2),
-        None,
-        true,
-    );
-    b.sensor(
-        "current",
-        "Current",
-        Some("current"),
-        Some("A"),
-        meas,
-        Some(2),
-        None,
-        true,
-    );
-    b.sensor(
-        "shares_accepted",
-        "Accepted shares",
-        None,
-        None,
-        Some("total_increasing"),
-        Some(0),
-        Some("mdi:check-circle-outline"),
-        false,
-    );
-    b.sensor(
-        "shares_rejected",
-        "Rejected shares",
-        None,
-        None,
-        Some("total_increasing"),
-        Some(0),
-        Some("mdi:close-circle-outline"),
-        false,
-    );
-    b.sensor(
-        "best_difficulty",
-        "Best difficulty",
-        None,
-        None,
-        meas,
-        Some(0),
-        Some("mdi:trophy-outline"),
-        false,
-    );
-    b.sensor(
-        "uptime",
-        "Uptime",
-        Some("duration"),
-        Some("s"),
-        None,
-        Some(0),
-        None,
-        true,
-    );
-    b.sensor(
-        "rssi",
-        "Wi-Fi signal",
-        Some("signal_strength"),
-        Some("dBm"),
-        meas,
-        Some(0),
-        None,
-        true,
-    );
-    b.sensor(
-        "pool",
-        "Pool",
-        None,
-        None,
-        None,
-        None,
-        Some("mdi:server-network"),
-        false,
-    );
+    for spec in MINER_SENSORS {
+        b.sensor(spec);
+    }
     {
         let mut base = b.base("sensor", "firmware", "Firmware");
         base.entity_category = Some("diagnostic");
@@ -405,49 +320,44 @@ pub fn miner_discovery(topics: &Topics, m: &MinerDevice<'_>) -> (String, Value) 
 
     let l = m.limits;
     if let Some(r) = &l.frequency_mhz {
-        let mut base = b.base("number", "frequency", "Frequency");
-        base.entity_category = Some("config");
-        base.icon = Some("mdi:sine-wave");
-        let part = NumberPart {
-            command_topic: topics.set(m.name, "frequency"),
-            min: *r.start() as f64,
-            max: *r.end() as f64,
-            step: 1.0,
-            mode: "slider",
-            unit_of_measurement: Some("MHz"),
-            device_class: Some("frequency"),
-        };
-        b.add("frequency", base, part);
+        let (class, icon) = (Some("frequency"), Some("mdi:sine-wave"));
+        b.number(
+            "frequency",
+            "Frequency",
+            "frequency",
+            r,
+            "MHz",
+            class,
+            icon,
+            m.name,
+        );
     }
     if let Some(r) = &l.core_voltage_mv {
-        let mut base = b.base("number", "core_voltage", "Core voltage");
-        base.entity_category = Some("config");
-        let part = NumberPart {
-            command_topic: topics.set(m.name, "core_voltage"),
-            min: *r.start() as f64,
-            max: *r.end() as f64,
-            step: 1.0,
-            mode: "slider",
-            unit_of_measurement: Some("mV"),
-            device_class: Some("voltage"),
-        };
-        b.add("core_voltage", base, part);
+        let class = Some("voltage");
+        b.number(
+            "core_voltage",
+            "Core voltage",
+            "core_voltage",
+            r,
+            "mV",
+            class,
+            None,
+            m.name,
+        );
     }
     if let Some(r) = &l.fan_speed {
-        let mut base = b.base("number", "manual_fan_speed", "Manual fan speed");
-        base.entity_category = Some("config");
-        base.icon = Some("mdi:fan");
-        base.value_template = Some("{{ value_json.fan_speed }}".into());
-        let part = NumberPart {
-            command_topic: topics.set(m.name, "fan_speed"),
-            min: *r.start() as f64,
-            max: *r.end() as f64,
-            step: 1.0,
-            mode: "slider",
-            unit_of_measurement: Some("%"),
-            device_class: None,
-        };
-        b.add("manual_fan_speed", base, part);
+        let r = *r.start() as u32..=*r.end() as u32;
+        let icon = Some("mdi:fan");
+        b.number(
+            "manual_fan_speed",
+            "Manual fan speed",
+            "fan_speed",
+            &r,
+            "%",
+            None,
+            icon,
+            m.name,
+        );
     }
     if !l.modes.is_empty() {
         let mut base = b.base("select", "mode", "Mode");

@@ -771,6 +771,8 @@ pub struct Snapshot {
 struct Shared {
     device: Mutex<Device>,
     faults: Mutex<Faults>,
+    /// Cancelled when the device reboots: every open connection drops, as on real hardware.
+    reboot: Mutex<CancellationToken>,
 }
 
 /// A running simulated device.
@@ -839,6 +841,7 @@ pub fn serve(spec: DeviceSpec, listener: TcpListener, cancel: CancellationToken)
     let shared = Arc::new(Shared {
         device: Mutex::new(Device::new(spec.clone())),
         faults: Mutex::new(Faults::default()),
+        reboot: Mutex::new(CancellationToken::new()),
     });
     let app = Router::new()
         .route("/api/system/info", get(info))
@@ -875,12 +878,14 @@ pub fn serve(spec: DeviceSpec, listener: TcpListener, cancel: CancellationToken)
             }
             let service = hyper_util::service::TowerToHyperService::new(app.clone());
             let conn_cancel = cancel.clone();
+            let reboot = accept_shared.reboot.lock().unwrap().clone();
             tokio::spawn(async move {
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
                 tokio::select! {
                     _ = conn => {}
                     _ = conn_cancel.cancelled() => {}
+                    _ = reboot.cancelled() => {}
                 }
             });
         }
@@ -972,8 +977,14 @@ async fn restart(State(shared): State<Arc<Shared>>) -> Response {
         return r;
     }
     let mut d = shared.device.lock().unwrap();
-    // Answer first; the device goes away a moment later.
+    // Answer first; the device goes away a moment later, dropping every open connection.
     d.restarting_until = Some(Instant::now() + Duration::from_millis(100) + d.spec.restart_time);
+    let rebooting = shared.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let old = std::mem::take(&mut *rebooting.reboot.lock().unwrap());
+        old.cancel();
+    });
     "System will restart shortly.".into_response()
 }
 

@@ -270,13 +270,7 @@ pub fn config_for(
     raw.store.path = store.to_path_buf();
     raw.miners = miners
         .iter()
-        .map(|(name, d)| RawMiner {
-            name: name.to_string(),
-            kind: MinerKind::Axeos,
-            host: d.addr.to_string(),
-            totp_secret: None,
-            limits: Default::default(),
-        })
+        .map(|(name, d)| RawMiner::new(name, MinerKind::Axeos, &d.addr.to_string()))
         .collect();
     tweak(&mut raw);
     config::from_figment(&Figment::from(Serialized::defaults(raw))).unwrap()
@@ -306,3 +300,52 @@ impl Daemon {
 }
 
 pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A test's world: its own broker, simulated miners, a history directory and an observer.
+pub struct Rig {
+    pub broker: Mosquitto,
+    pub cancel: CancellationToken,
+    pub devs: Vec<SimDevice>,
+    pub store: tempfile::TempDir,
+    pub ha: Observer,
+}
+
+impl Rig {
+    /// Everything but the daemon, which each test starts with its own configuration.
+    pub async fn start(specs: Vec<miner2mqtt::sim::axeos::DeviceSpec>) -> Rig {
+        let broker = Mosquitto::start();
+        let cancel = CancellationToken::new();
+        let devs = miner2mqtt::sim::start_axeos_fleet(specs, None, &cancel)
+            .await
+            .unwrap();
+        let ha = Observer::connect(broker.port, &["miner2mqtt/#", "homeassistant/#"]).await;
+        Rig {
+            broker,
+            cancel,
+            devs,
+            store: tempfile::tempdir().unwrap(),
+            ha,
+        }
+    }
+
+    /// A configuration naming the simulated miners in order.
+    pub fn config(&self, names: &[&str], tweak: impl FnOnce(&mut RawConfig)) -> Config {
+        let miners: Vec<(&str, &SimDevice)> = names.iter().copied().zip(self.devs.iter()).collect();
+        config_for(
+            self.broker.port,
+            &miners,
+            &self.store.path().join("h"),
+            tweak,
+        )
+    }
+
+    pub fn history_path(&self) -> PathBuf {
+        self.store.path().join("h")
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
