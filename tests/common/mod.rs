@@ -95,7 +95,7 @@ impl Drop for Mosquitto {
     }
 }
 
-fn mosquitto_binary() -> PathBuf {
+pub fn mosquitto_binary() -> PathBuf {
     for p in [
         "/usr/sbin/mosquitto",
         "/usr/bin/mosquitto",
@@ -135,8 +135,20 @@ pub struct Observer {
 
 impl Observer {
     pub async fn connect(port: u16, filters: &[&str]) -> Observer {
+        Self::connect_as(port, None, filters).await
+    }
+
+    /// Connects with a username and password.
+    pub async fn connect_as(
+        port: u16,
+        credentials: Option<(&str, &str)>,
+        filters: &[&str],
+    ) -> Observer {
         let id = format!("observer-{}", rand_id());
         let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        if let Some((user, pass)) = credentials {
+            options.set_credentials(user, pass);
+        }
         options.set_max_packet_size(1 << 20, 1 << 20);
         options.set_keep_alive(Duration::from_secs(5));
         let (client, mut eventloop) = AsyncClient::new(options, 100);
