@@ -8,6 +8,7 @@
 
 pub mod asic;
 pub mod axeos;
+pub mod cgminer;
 
 use serde::Serialize;
 use std::time::Duration;

@@ -1,0 +1,236 @@
+//! The cgminer API (TCP 4028) as Avalon and Antminer firmware speak it: parsing only, so far.
+//!
+//! Replies are JSON terminated by a NUL byte, or the plain-text form `KEY=value,...|` for
+//! requests like `summary|`. Real firmware sends malformed JSON — a trailing NUL, `",}"`, `"}{"`
+//! between objects, `"[,{"`, bare `inf`/`nan`, duplicate keys — and Avalon packs its telemetry into
+//! one string of `Key[value]` pairs (`MM ID0`). Each is handled here as a pure function from bytes
+//! to typed values.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Why a reply could not be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ReplyError {
+    #[error("empty reply")]
+    Empty,
+    #[error("not JSON even after repair: {0}")]
+    Json(String),
+    #[error("the miner answered {status} (code {code}): {msg}")]
+    Status {
+        status: String,
+        code: i64,
+        msg: String,
+    },
+}
+
+/// Repairs the malformations real cgminer builds send, outside string literals only:
+/// NULs, `,}` / `,]` (a comma before a closing bracket), `{,` / `[,`, `}{` (missing comma between
+/// objects), and bare `inf`, `-inf`, `nan` (as `null`).
+pub fn repair_json(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let text = text.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut chars = text.chars().peekable();
+    let mut in_string = false;
+    let mut escaped = false;
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match c {
+            '\0' => {}
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            ',' => {
+                // Drop a comma that follows an opening bracket or precedes a closing one.
+                let prev = out.trim_end().chars().last();
+                let next = chars.clone().find(|c| !c.is_whitespace());
+                let dangling = matches!(prev, Some('[') | Some('{') | Some(','))
+                    || matches!(next, Some('}') | Some(']'));
+                if !dangling {
+                    out.push(c);
+                }
+            }
+            '{' => {
+                if out.trim_end().ends_with('}') {
+                    out.push(',');
+                }
+                out.push(c);
+            }
+            c if c.is_ascii_alphabetic()
+                || (c == '-' && chars.peek().is_some_and(|n| n.is_ascii_alphabetic())) =>
+            {
+                let mut word = String::from(c);
+                while let Some(n) = chars.peek() {
+                    if n.is_ascii_alphanumeric() {
+                        word.push(*n);
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                match word.to_ascii_lowercase().trim_start_matches('-') {
+                    "inf" | "infinity" | "nan" => out.push_str("null"),
+                    _ => out.push_str(&word),
+                }
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Parses a JSON reply, repaired as needed, and checks its `STATUS`: `E` (error) and `F` (fatal)
+/// become errors; `S`, `I` and `W` pass. Duplicate keys keep the last value.
+pub fn parse_json_reply(raw: &[u8]) -> Result<Value, ReplyError> {
+    let repaired = repair_json(raw);
+    if repaired.is_empty() {
+        return Err(ReplyError::Empty);
+    }
+    let value: Value =
+        serde_json::from_str(&repaired).map_err(|e| ReplyError::Json(e.to_string()))?;
+    if let Some(status) = value.get("STATUS").and_then(|s| s.get(0)) {
+        let code = status.get("Code").and_then(Value::as_i64).unwrap_or(0);
+        let s = status.get("STATUS").and_then(Value::as_str).unwrap_or("");
+        if s == "E" || s == "F" {
+            return Err(ReplyError::Status {
+                status: s.into(),
+                code,
+                msg: status
+                    .get("Msg")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .into(),
+            });
+        }
+    }
+    Ok(value)
+}
+
+/// One section of a plain-text reply, `STATUS=S,When=…,Code=7` → key/value pairs.
+pub type PlainSection = BTreeMap<String, String>;
+
+/// Parses the plain-text form: sections separated by `|`, fields by `,`, key and value by the
+/// first `=`. A field without `=` is kept with an empty value.
+pub fn parse_plain_reply(raw: &[u8]) -> Vec<PlainSection> {
+    let text = String::from_utf8_lossy(raw);
+    text.trim_matches(|c: char| c == '\0' || c.is_whitespace())
+        .split('|')
+        .filter(|s| !s.trim().is_empty())
+        .map(|section| {
+            section
+                .split(',')
+                .map(|field| match field.split_once('=') {
+                    Some((k, v)) => (k.trim().to_string(), v.to_string()),
+                    None => (field.trim().to_string(), String::new()),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Splits an Avalon `MM ID0` blob, `Ver[…] DNA[…] PS[0 0 27541 4 0 3756 133] …`, into its pairs
+/// in order. Values keep inner spaces; keys repeated later win in `get`.
+pub fn parse_bracket_blob(blob: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    let mut rest = blob;
+    while let Some(open) = rest.find('[') {
+        let key = rest[..open].trim();
+        let Some(close) = rest[open..].find(']') else {
+            break;
+        };
+        let value = &rest[open + 1..open + close];
+        // A key is the run of word characters just before '[' (the Avalon Q blob starts with
+        // `'STATS':{Ver[…]`).
+        let key = key
+            .rsplit(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or("");
+        if !key.is_empty() {
+            pairs.push((key.to_string(), value.trim().to_string()));
+        }
+        rest = &rest[open + close + 1..];
+    }
+    pairs
+}
+
+/// The value of `key` in a bracket blob.
+pub fn blob_get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The numbers in a blob value such as `PS[0 0 27541 4 0 3756 133]`.
+pub fn blob_numbers(value: &str) -> Vec<f64> {
+    value
+        .split_whitespace()
+        .filter_map(|n| n.trim_end_matches('%').parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn malformations_real_firmware_sends_are_repaired() {
+        let v = parse_json_reply(b"{\"STATUS\":[{\"STATUS\":\"S\",}],\"SUMMARY\":[{\"MHS 5s\":inf,\"x\":nan,\"y\":-inf}]}\0").unwrap();
+        assert_eq!(v["SUMMARY"][0]["MHS 5s"], Value::Null);
+        assert_eq!(v["SUMMARY"][0]["y"], Value::Null);
+        let v = parse_json_reply(b"{\"STATS\":[,{\"a\":1}{\"b\":2}]}").unwrap();
+        assert_eq!(v["STATS"], json!([{ "a": 1 }, { "b": 2 }]));
+        // Repairs never touch string contents.
+        let v = parse_json_reply(br#"{"Msg":"a,} }{ [,{ inf","n":1}"#).unwrap();
+        assert_eq!(v["Msg"], "a,} }{ [,{ inf");
+        // Duplicate keys: the last wins, no error.
+        let v = parse_json_reply(br#"{"fan1":1,"fan1":2}"#).unwrap();
+        assert_eq!(v["fan1"], 2);
+    }
+
+    #[test]
+    fn truncated_and_error_replies_are_errors() {
+        assert!(matches!(
+            parse_json_reply(b"{\"STATUS\":[{\"STATUS\":\"S\""),
+            Err(ReplyError::Json(_))
+        ));
+        assert_eq!(parse_json_reply(b"\0\0"), Err(ReplyError::Empty));
+        let e =
+            parse_json_reply(br#"{"STATUS":[{"STATUS":"E","Code":14,"Msg":"Invalid command"}]}"#)
+                .unwrap_err();
+        assert!(e.to_string().contains("Invalid command") && e.to_string().contains("14"));
+    }
+
+    #[test]
+    fn bracket_blob() {
+        assert_eq!(
+            parse_bracket_blob("'STATS':{Ver[Q-1] X[2]}")[0],
+            ("Ver".to_string(), "Q-1".to_string())
+        );
+        let pairs = parse_bracket_blob("Ver[nano3-1]  DNA[0000]  PS[0 0 27541 4 0 3756 133] FanR[33%] SYSTEMSTATU[Work: In Work, Hash Board: 1]");
+        assert_eq!(blob_get(&pairs, "Ver"), Some("nano3-1"));
+        assert_eq!(
+            blob_numbers(blob_get(&pairs, "PS").unwrap()),
+            [0.0, 0.0, 27541.0, 4.0, 0.0, 3756.0, 133.0]
+        );
+        assert_eq!(blob_numbers(blob_get(&pairs, "FanR").unwrap()), [33.0]);
+        assert_eq!(
+            blob_get(&pairs, "SYSTEMSTATU"),
+            Some("Work: In Work, Hash Board: 1")
+        );
+    }
+}

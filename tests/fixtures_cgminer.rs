@@ -1,0 +1,147 @@
+//! The cgminer parsers on every real payload in ../shared/fixtures/cgminer-{avalon,antminer}.
+
+use miner2mqtt::miner::cgminer::{
+    blob_get, blob_numbers, parse_bracket_blob, parse_json_reply, parse_plain_reply,
+};
+use serde_json::Value;
+use std::path::PathBuf;
+
+fn dir() -> PathBuf {
+    std::env::var_os("MINER2MQTT_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
+}
+
+fn load(rel: &str) -> Vec<u8> {
+    std::fs::read(dir().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+#[test]
+fn every_cgminer_fixture_parses() {
+    let mut n = 0;
+    for family in ["cgminer-avalon", "cgminer-antminer"] {
+        for entry in std::fs::read_dir(dir().join(family)).unwrap() {
+            let path = entry.unwrap().path();
+            let raw = std::fs::read(&path).unwrap();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.ends_with("_plaintext.txt") {
+                let sections = parse_plain_reply(&raw);
+                assert!(sections[0].contains_key("STATUS"), "{name}");
+            } else if name.ends_with(".txt") {
+                assert!(
+                    parse_bracket_blob(&String::from_utf8_lossy(&raw)).len() > 20,
+                    "{name}"
+                );
+            } else {
+                // As on the wire: with the trailing NUL the sources did not keep.
+                let mut wire = raw.clone();
+                wire.push(0);
+                let v = parse_json_reply(&wire).unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert!(v.get("STATUS").is_some(), "{name}");
+            }
+            n += 1;
+        }
+    }
+    assert_eq!(n, 24);
+}
+
+fn mm_id0(stats: &Value) -> String {
+    let s = &stats["STATS"][0];
+    s.get("MM ID0")
+        .or_else(|| s.get("MM ID0:Summary"))
+        .and_then(Value::as_str)
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn nano3_summary_is_in_mh_and_its_power_is_ps_slot_5() {
+    let summary = parse_json_reply(&load("cgminer-avalon/nano3_24071801_summary.json")).unwrap();
+    assert_eq!(summary["SUMMARY"][0]["MHS 5s"].as_f64(), Some(6614801.03));
+    let stats = parse_json_reply(&load("cgminer-avalon/nano3_24071801_stats.json")).unwrap();
+    let blob = parse_bracket_blob(&mm_id0(&stats));
+    assert_eq!(blob_get(&blob, "GHSspd"), Some("3332.40"));
+    assert_eq!(blob_get(&blob, "OTemp"), Some("45"));
+    assert_eq!(blob_get(&blob, "TAvg"), Some("85"));
+    assert_eq!(blob_get(&blob, "Fan1"), Some("3360"));
+    assert_eq!(blob_numbers(blob_get(&blob, "FanR").unwrap()), [43.0]);
+    // Nano 3: PS[0 0 0 3 2780 92 314] — slot 5 is the wall power, agreeing with MPO[90].
+    let ps = blob_numbers(blob_get(&blob, "PS").unwrap());
+    assert_eq!(ps[5], 92.0);
+    assert_eq!(blob_get(&blob, "MPO"), Some("90"));
+    assert_eq!(blob_get(&blob, "WORKLEVEL"), Some("1"));
+}
+
+#[test]
+fn nano3s_estats_power_is_ps_slot_6_and_itemp_minus_273_is_no_reading() {
+    let blob = parse_bracket_blob(&String::from_utf8_lossy(&load(
+        "cgminer-avalon/nano3s_25021401_estats_mm_id0_value.txt",
+    )));
+    let ps = blob_numbers(blob_get(&blob, "PS").unwrap());
+    assert_eq!(ps[6], 133.0);
+    assert_eq!(blob_get(&blob, "MPO"), Some("133"));
+    assert_eq!(blob_get(&blob, "ITemp"), Some("-273"));
+    assert_eq!(blob_get(&blob, "WORKMODE"), Some("2"));
+    assert_eq!(blob_get(&blob, "GHSspd"), Some("6598.84"));
+    assert_eq!(
+        blob_get(&blob, "SYSTEMSTATU"),
+        Some("Work: In Work, Hash Board: 1")
+    );
+}
+
+#[test]
+fn nano3s_version_identifies_the_device() {
+    let v = parse_json_reply(&load("cgminer-avalon/nano3s_25021401_version.json")).unwrap();
+    let version = &v["VERSION"][0];
+    assert_eq!(version["MODEL"], "Nano3s");
+    assert_eq!(version["PROD"], "Avalon Nano3s");
+    assert_eq!(version["MAC"], "e0e1a93f3053");
+    assert_eq!(version["DNA"], "020100003cbe4d15");
+}
+
+#[test]
+fn avalon_q_blob_behind_its_stats_prefix() {
+    let stats = parse_json_reply(&load("cgminer-avalon/avalonq_25052801_stats.json")).unwrap();
+    let blob = parse_bracket_blob(&mm_id0(&stats));
+    assert_eq!(blob_get(&blob, "Ver"), Some("Q-25052801_14a19a2"));
+    assert_eq!(blob_get(&blob, "WORKMODE"), Some("0"));
+}
+
+#[test]
+fn ascset_replies_plain_and_json() {
+    let plain = parse_plain_reply(&load(
+        "cgminer-avalon/a10xx_ascset_workmode_info_plaintext.txt",
+    ));
+    assert_eq!(plain[0]["STATUS"], "I");
+    assert_eq!(plain[0]["Code"], "118");
+    let msg = parse_bracket_blob(&plain[0]["Msg"]);
+    assert_eq!(blob_get(&msg, "WORKMODE"), Some("1"));
+    let ok = parse_json_reply(&load(
+        "cgminer-avalon/avalonq_25052801_ascset_workmode.json",
+    ))
+    .unwrap();
+    assert_eq!(ok["STATUS"][0]["Code"], 119);
+    let help = parse_json_reply(&load("cgminer-avalon/avalonq_25052801_ascset_help.json")).unwrap();
+    assert_eq!(help["STATUS"][0]["Code"], 118);
+}
+
+#[test]
+fn plain_pools_keep_their_fields() {
+    let pools = parse_plain_reply(&load("cgminer-avalon/a10xx_pools_plaintext.txt"));
+    assert_eq!(pools.len(), 2);
+    assert_eq!(pools[1]["POOL"], "0");
+    assert_eq!(pools[1]["URL"], "stratum+tcp://btc.ss.poolin.com:443");
+    assert_eq!(pools[1]["User"], "cctrix.001");
+    assert_eq!(pools[1]["Stratum Active"], "true");
+}
+
+#[test]
+fn antminer_rates_are_gh_and_chains_are_strings() {
+    let summary = parse_json_reply(&load("cgminer-antminer/s19pro_49.0.1.3_summary.json")).unwrap();
+    assert!(summary["SUMMARY"][0]["GHS 5s"].as_f64().unwrap() > 100_000.0);
+    let stats = parse_json_reply(&load("cgminer-antminer/s19pro_49.0.1.3_stats.json")).unwrap();
+    assert_eq!(stats["STATS"][0]["Type"], "Antminer S19 Pro");
+    assert!(stats["STATS"][1].get("total rate").is_some());
+    let pools = parse_json_reply(&load("cgminer-antminer/s19pro_49.0.1.3_pools.json")).unwrap();
+    assert!(pools["POOLS"][0].get("Pool Stale%%").is_some());
+}
