@@ -33,6 +33,10 @@ pub enum ConfigError {
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(value: &str) -> Secret {
+        Secret(value.to_string())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -167,6 +171,9 @@ pub enum MinerKind {
     /// Bitaxe and NerdQaxe++ (ESP-Miner HTTP API).
     #[serde(alias = "bitaxe", alias = "nerdqaxe", alias = "esp-miner")]
     Axeos,
+    /// Avalon Nano 3 and Nano 3S (cgminer API on TCP 4028).
+    #[serde(alias = "avalon-nano", alias = "nano3", alias = "nano3s")]
+    Avalon,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,6 +185,9 @@ pub struct RawMiner {
     /// Base32 TOTP secret for NerdQaxe firmware with OTP enabled.
     #[serde(default)]
     pub totp_secret: Option<Secret>,
+    /// The web admin password (Avalon), needed for pool selection.
+    #[serde(default)]
+    pub admin_password: Option<Secret>,
     #[serde(default)]
     pub limits: LimitOverrides,
 }
@@ -190,6 +200,7 @@ impl RawMiner {
             kind,
             host: host.into(),
             totp_secret: None,
+            admin_password: None,
             limits: LimitOverrides::default(),
         }
     }
@@ -276,7 +287,22 @@ pub struct MinerConfig {
     /// `host` or `host:port`, without scheme.
     pub host: String,
     pub totp_secret: Option<Secret>,
+    pub admin_password: Option<Secret>,
     pub limits: LimitOverrides,
+}
+
+impl MinerConfig {
+    /// `host:port`, with the family's default port when the config gave none.
+    pub fn address(&self) -> String {
+        let has_port = self
+            .host
+            .rsplit_once(':')
+            .is_some_and(|(h, _)| !h.contains(':'));
+        match (self.kind, has_port) {
+            (MinerKind::Avalon, false) => format!("{}:4028", self.host),
+            _ => self.host.clone(),
+        }
+    }
 }
 
 /// The runtime configuration every part of the daemon reads.
@@ -620,6 +646,7 @@ fn validate(raw: RawConfig, figment: &Figment) -> Result<Config, ConfigError> {
             kind: rm.kind,
             host,
             totp_secret: rm.totp_secret,
+            admin_password: rm.admin_password,
             limits: rm.limits,
         });
     }

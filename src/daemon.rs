@@ -9,6 +9,7 @@ use crate::config::{Config, MinerConfig, MinerKind, LOG_LEVELS};
 use crate::fleet::{spawn_poller, FleetEvent, MinerHandle};
 use crate::hass::discovery::{self, MinerDevice};
 use crate::hass::{command, state, Topics};
+use crate::miner::avalon::AvalonClient;
 use crate::miner::axeos::AxeOsClient;
 use crate::miner::{Command, MinerClient, Reading};
 use crate::mqtt::{self, Mqtt, MqttEvent};
@@ -136,15 +137,20 @@ pub async fn run(
                     .totp_secret
                     .as_ref()
                     .and_then(|s| crate::miner::axeos::totp(s.expose()).ok());
-                MinerClient::AxeOs(AxeOsClient::new(
+                MinerClient::AxeOs(Box::new(AxeOsClient::new(
                     http.clone(),
                     &m.host,
                     config.request_timeout,
                     config.retries,
                     totp,
                     config.pools.clone(),
-                ))
+                )))
             }
+            MinerKind::Avalon => MinerClient::Avalon(AvalonClient::new(
+                &m.address(),
+                config.request_timeout,
+                m.admin_password.as_ref().map(|p| p.expose().to_string()),
+            )),
         };
         let handle = spawn_poller(
             i,

@@ -1,9 +1,10 @@
 //! `miner2mqtt demo`: the whole system with no hardware. A simulated fleet (Bitaxe Gamma and
-//! Supra, a v2.15 Gamma, a NerdQaxe++), the broker on localhost:1883 if one answers or else an
+//! Supra, a v2.15 Gamma, a NerdQaxe++, an Avalon Nano 3S), the broker on localhost:1883 if one answers or else an
 //! embedded one, the daemon, and a live table of what Home Assistant sees over MQTT.
 
 use crate::config::{self, Config, MinerKind, RawConfig, RawMiner};
 use crate::sim::axeos::{DeviceSpec, Firmware, BM1368, BM1370};
+use crate::sim::cgminer::{AvalonSpec, Model};
 use anyhow::Context;
 use figment::{providers::Serialized, Figment};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -87,13 +88,20 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
             DeviceSpec::new(4, Firmware::Nerdqaxe, BM1370, 4),
         ),
     ];
-    let names: Vec<&str> = specs.iter().map(|(n, _)| *n).collect();
+    let mut names: Vec<&str> = specs.iter().map(|(n, _)| *n).collect();
     let devices = crate::sim::start_axeos_fleet(
         specs.iter().map(|(_, s)| s.clone()).collect(),
         None,
         &cancel,
     )
     .await?;
+    let avalon = crate::sim::cgminer::start(
+        AvalonSpec::new(5, Model::Nano3s),
+        "127.0.0.1:0".parse().expect("a socket address"),
+        cancel.clone(),
+    )
+    .await?;
+    names.push("avalon-nano3s");
 
     let broker = opts.broker;
     let embedded = if broker_answers(broker) {
@@ -115,6 +123,9 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         .zip(&devices)
         .map(|(name, d)| RawMiner::new(name, MinerKind::Axeos, &d.addr.to_string()))
         .collect();
+    let mut nano = RawMiner::new("avalon-nano3s", MinerKind::Avalon, &avalon.addr.to_string());
+    nano.admin_password = Some(config::Secret::new(&avalon.spec.admin_password));
+    raw.miners.push(nano);
     let config: Config = config::from_figment(&Figment::from(Serialized::defaults(raw)))?;
 
     println!("miner2mqtt demo");
@@ -135,6 +146,7 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
             d.addr
         );
     }
+    println!("  avalon-nano3s      Nano 3S  cgminer {}", avalon.addr);
     println!(
         "  Try: mosquitto_pub -h {} -p {} -t miner2mqtt/bitaxe-gamma/set/frequency -m 600",
         broker.ip(),

@@ -54,6 +54,12 @@ enum Cmd {
         /// First port; devices take consecutive ports. Free ports when omitted.
         #[arg(long)]
         base_port: Option<u16>,
+        /// How many Avalon Nano devices (cgminer API), on free ports.
+        #[arg(long, default_value_t = 0)]
+        avalon: u32,
+        /// Their model: nano3 or nano3s.
+        #[arg(long, default_value = "nano3s")]
+        avalon_model: sim::cgminer::Model,
     },
     /// Measure the daemon's cost polling N simulated miners (see docs/BENCHMARKS.md).
     Bench(bench::BenchArgs),
@@ -65,7 +71,12 @@ fn install_tracing(default: &str) -> daemon::LogControl {
     let (layer, handle) = reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(layer)
-        .with(tracing_subscriber::fmt::layer().with_target(false))
+        .with(
+            // Logs go to stderr: stdout is for output scripts read (simulate's JSON lines).
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_writer(std::io::stderr),
+        )
         .init();
     Arc::new(move |level: &str| {
         handle
@@ -116,9 +127,11 @@ async fn main() -> std::process::ExitCode {
             firmware,
             asic,
             base_port,
+            avalon,
+            avalon_model,
         } => {
             install_tracing("info");
-            simulate(axeos, firmware, &asic, base_port).await
+            simulate(axeos, firmware, &asic, base_port, avalon, avalon_model).await
         }
         Cmd::Bench(args) => {
             install_tracing("warn");
@@ -164,6 +177,8 @@ async fn simulate(
     firmware: sim::axeos::Firmware,
     asic: &str,
     base_port: Option<u16>,
+    avalons: u32,
+    avalon_model: sim::cgminer::Model,
 ) -> anyhow::Result<()> {
     let chip = match asic.to_ascii_uppercase().as_str() {
         "BM1370" => sim::axeos::BM1370,
@@ -183,11 +198,25 @@ async fn simulate(
         .map(|i| sim::axeos::DeviceSpec::new(i + 1, firmware, chip, chips))
         .collect();
     let devices = sim::start_axeos_fleet(specs, base_port, &token).await?;
+    let mut nanos = Vec::new();
+    for i in 0..avalons {
+        let spec = sim::cgminer::AvalonSpec::new(i + 1, avalon_model);
+        nanos.push(sim::cgminer::start(spec, "127.0.0.1:0".parse()?, token.clone()).await?);
+    }
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
         for d in &devices {
             writeln!(out, "{}", sim::describe(d))?;
+        }
+        for n in &nanos {
+            let line = serde_json::json!({
+                "kind": "avalon",
+                "model": n.spec.model,
+                "mac": n.mac_string(),
+                "host": n.addr.to_string(),
+            });
+            writeln!(out, "{line}")?;
         }
         out.flush()?;
     }

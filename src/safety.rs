@@ -9,6 +9,15 @@ use crate::config::{Bounds, Config, MinerConfig};
 use crate::miner::{asic, Capabilities, ClockConfig, Command};
 use std::ops::RangeInclusive;
 
+/// What choosing a mode does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeTarget {
+    /// A frequency/voltage preset (ESP-Miner).
+    Clock(ClockConfig),
+    /// A firmware work mode by code (Avalon).
+    Level(u8),
+}
+
 /// What may be sent to one miner.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
@@ -24,8 +33,9 @@ pub struct Limits {
     pub auto_fan: bool,
     pub restart: bool,
     pub pause: bool,
-    /// Mode presets that fit inside the limits, in display order.
-    pub modes: Vec<(String, ClockConfig)>,
+    /// Modes offered, in display order: presets that fit inside the limits, or the firmware's
+    /// own work modes.
+    pub modes: Vec<(String, ModeTarget)>,
     pub pools: Vec<String>,
 }
 
@@ -140,6 +150,15 @@ impl Limits {
             modes = candidates
                 .into_iter()
                 .filter(|(_, c)| f.contains(&c.frequency_mhz) && v.contains(&c.core_voltage_mv))
+                .map(|(n, c)| (n, ModeTarget::Clock(c)))
+                .collect();
+        }
+        if !caps.work_modes.is_empty() {
+            modes = caps
+                .work_modes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.clone(), ModeTarget::Level(i as u8)))
                 .collect();
         }
 
@@ -151,7 +170,7 @@ impl Limits {
             overclock_core_voltage_mv: oc_v,
             fan_speed: caps
                 .fan_speed
-                .then_some(config.safety.min_fan_speed.min(100)..=100),
+                .then_some(config.safety.min_fan_speed.max(caps.fan_min).min(100)..=100),
             auto_fan: caps.auto_fan,
             restart: caps.restart,
             pause: caps.pause,
@@ -163,7 +182,7 @@ impl Limits {
 
     /// The mode whose preset matches the clock now, if any.
     pub fn mode_of(&self, clock: Option<ClockConfig>) -> Option<&str> {
-        let clock = clock?;
+        let clock = ModeTarget::Clock(clock?);
         self.modes
             .iter()
             .find(|(_, c)| *c == clock)
@@ -233,6 +252,13 @@ impl Limits {
                     &self.overclock_core_voltage_mv,
                 )
             }
+            Command::SetWorkMode(m) => {
+                if self.modes.iter().any(|(_, t)| *t == ModeTarget::Level(*m)) {
+                    Ok(())
+                } else {
+                    Err(format!("work mode {m} is not one this miner offers"))
+                }
+            }
             Command::SetFanSpeed(p) => match &self.fan_speed {
                 None => Err("the fan speed cannot be set on this miner".into()),
                 Some(r) if r.contains(p) => Ok(()),
@@ -278,6 +304,7 @@ mod tests {
             kind: MinerKind::Axeos,
             host: "x".into(),
             totp_secret: None,
+            admin_password: None,
             limits,
         }
     }

@@ -145,3 +145,53 @@ fn antminer_rates_are_gh_and_chains_are_strings() {
     let pools = parse_json_reply(&load("cgminer-antminer/s19pro_49.0.1.3_pools.json")).unwrap();
     assert!(pools["POOLS"][0].get("Pool Stale%%").is_some());
 }
+
+#[test]
+fn avalon_readings_from_the_captured_nano3_and_nano3s() {
+    use miner2mqtt::miner::avalon::parse_reading;
+    // Nano 3: summary + stats captured together; no version capture, so the model is given.
+    let summary = parse_json_reply(&load("cgminer-avalon/nano3_24071801_summary.json")).unwrap();
+    let stats = parse_json_reply(&load("cgminer-avalon/nano3_24071801_stats.json")).unwrap();
+    let version = serde_json::json!({ "MODEL": "Nano3", "PROD": "Avalon Nano3" });
+    let r = parse_reading(&version, &summary, &stats, &Value::Null, None, false);
+    let t = &r.telemetry;
+    assert_eq!(t.hashrate, Some(3332.40));
+    assert_eq!(t.power, Some(92.0), "Nano 3 power is PS slot 5");
+    assert_eq!(t.asic_temp, Some(85.0));
+    assert_eq!(t.fan_rpm, Some(3360.0));
+    assert_eq!(t.fan_speed, Some(43.0));
+    assert_eq!(t.frequency, None, "Freq[0.00] is no reading");
+    assert_eq!(t.work_mode.as_deref(), Some("medium"), "WORKLEVEL[1]");
+    assert_eq!(t.shares_accepted, Some(21853));
+    assert_eq!(t.best_difficulty, Some(138508908.0));
+    assert_eq!(t.auto_fan, None, "the firmware does not say");
+    assert_eq!(r.capabilities.work_modes, ["low", "medium", "high"]);
+    assert!(
+        r.capabilities.pools.is_empty(),
+        "no admin password, no pool selection"
+    );
+
+    // Nano 3S: the version capture and the estats MM ID0 value.
+    let version = parse_json_reply(&load("cgminer-avalon/nano3s_25021401_version.json")).unwrap();
+    let blob = String::from_utf8_lossy(&load(
+        "cgminer-avalon/nano3s_25021401_estats_mm_id0_value.txt",
+    ))
+    .into_owned();
+    let estats = serde_json::json!({ "STATS": [{ "MM ID0": blob }] });
+    let r = parse_reading(
+        &version["VERSION"][0],
+        &Value::Null,
+        &estats,
+        &Value::Null,
+        None,
+        true,
+    );
+    assert_eq!(r.identity.hardware_id.as_deref(), Some("e0e1a93f3053"));
+    assert_eq!(r.identity.model, "Avalon Nano3s");
+    assert_eq!(r.identity.asic_model.as_deref(), Some("A3197S"));
+    assert_eq!(r.telemetry.power, Some(133.0), "Nano 3S power is PS slot 6");
+    assert_eq!(r.telemetry.work_mode.as_deref(), Some("high"));
+    assert_eq!(r.telemetry.frequency, Some(464.89));
+    assert_eq!(r.telemetry.hashrate, Some(6598.84));
+    assert_eq!(r.telemetry.asic_temp, Some(90.0));
+}

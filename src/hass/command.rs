@@ -2,7 +2,7 @@
 //! is allowed is `safety::Limits::check`'s decision, made right after.
 
 use crate::miner::Command;
-use crate::safety::Limits;
+use crate::safety::{Limits, ModeTarget};
 
 /// The properties a miner's set topic accepts.
 pub const PROPERTIES: [&str; 10] = [
@@ -38,7 +38,10 @@ pub fn parse(property: &str, payload: &str, limits: &Limits) -> Result<Command, 
             .modes
             .iter()
             .find(|(name, _)| name.eq_ignore_ascii_case(p))
-            .map(|(_, clock)| Command::SetClock(*clock))
+            .map(|(_, target)| match target {
+                ModeTarget::Clock(clock) => Command::SetClock(*clock),
+                ModeTarget::Level(code) => Command::SetWorkMode(*code),
+            })
             .ok_or_else(|| {
                 let names: Vec<&str> = limits.modes.iter().map(|(n, _)| n.as_str()).collect();
                 if names.is_empty() {
@@ -100,10 +103,10 @@ mod tests {
             pause: false,
             modes: vec![(
                 "eco".into(),
-                ClockConfig {
+                ModeTarget::Clock(ClockConfig {
                     frequency_mhz: 400,
                     core_voltage_mv: 1060,
-                },
+                }),
             )],
             pools: vec![],
         }

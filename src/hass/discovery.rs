@@ -294,7 +294,9 @@ pub fn miner_discovery(topics: &Topics, m: &MinerDevice<'_>) -> (String, Value) 
         cmps: serde_json::Map::new(),
     };
     for spec in MINER_SENSORS {
-        b.sensor(spec);
+        if !m.capabilities.absent_sensors.contains(&spec.key) {
+            b.sensor(spec);
+        }
     }
     {
         let mut base = b.base("sensor", "firmware", "Firmware");

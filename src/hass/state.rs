@@ -29,13 +29,13 @@ pub fn state_json(
         "efficiency".into(),
         round(t.efficiency_j_per_th(), 2).into(),
     );
-    map.insert(
-        "mode".into(),
+    // The device's own work mode (Avalon), else the preset the clock matches (ESP-Miner).
+    let mode = t.work_mode.clone().or_else(|| {
         limits
             .and_then(|l| l.mode_of(t.clock()))
             .map(str::to_string)
-            .into(),
-    );
+    });
+    map.insert("mode".into(), mode.into());
     map.insert("overheating".into(), overheating(t, safety).into());
     Value::Object(map)
 }

@@ -102,6 +102,7 @@ pub fn parse_system_info(body: &[u8]) -> Result<SystemInfo, String> {
         pool_user,
         firmware_overheat: boolish(obj, "overheat_mode"),
         paused: boolish(obj, "miningPaused").or_else(|| boolish(obj, "shutdown")),
+        work_mode: None,
     };
 
     let mac = string(obj, "macAddr");
@@ -133,10 +134,13 @@ pub fn parse_system_info(body: &[u8]) -> Result<SystemInfo, String> {
         frequency_options: None,
         core_voltage_options: None,
         fan_speed: true,
+        fan_min: 0,
         auto_fan: true,
         restart: true,
         pause: generation >= Generation::V2_14 && generation != Generation::NerdQaxe,
         pools: Vec::new(),
+        work_modes: Vec::new(),
+        absent_sensors: Vec::new(),
     };
     if generation == Generation::V2_15 {
         capabilities.pools = pool_ids
@@ -534,6 +538,9 @@ impl AxeOsClient {
                 self.post("restart").await
             }
             Command::Restart => self.post("restart").await,
+            Command::SetWorkMode(_) => Err(MinerError::Unsupported {
+                what: "firmware work modes (ESP-Miner modes are clock presets)".into(),
+            }),
             Command::SetMining(on) => {
                 if !(Generation::V2_14..=Generation::V2_15).contains(&generation) {
                     return Err(MinerError::Unsupported {

@@ -6,8 +6,12 @@
 //! one string of `Key[value]` pairs (`MM ID0`). Each is handled here as a pure function from bytes
 //! to typed values.
 
+use super::MinerError;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// Why a reply could not be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -180,6 +184,133 @@ pub fn blob_numbers(value: &str) -> Vec<f64> {
         .split_whitespace()
         .filter_map(|n| n.trim_end_matches('%').parse().ok())
         .collect()
+}
+
+/// The largest reply read; Avalon Q `estats` with per-ASIC data is tens of kilobytes.
+pub const MAX_REPLY: usize = 1 << 20;
+
+/// Talks to one cgminer API: one request per connection, reply ended by a NUL or by the miner
+/// closing the connection.
+#[derive(Debug, Clone)]
+pub struct CgminerClient {
+    /// `host:port`.
+    pub addr: String,
+    pub timeout: Duration,
+}
+
+impl CgminerClient {
+    pub fn new(addr: &str, timeout: Duration) -> CgminerClient {
+        CgminerClient {
+            addr: addr.to_string(),
+            timeout,
+        }
+    }
+
+    fn url(&self, command: &str) -> String {
+        format!("cgminer://{}/{command}", self.addr)
+    }
+
+    /// Sends `request` and returns the raw reply without its NUL.
+    pub async fn exchange(&self, command: &str, request: &[u8]) -> Result<Vec<u8>, MinerError> {
+        let url = self.url(command);
+        let work = async {
+            let mut stream =
+                TcpStream::connect(&self.addr)
+                    .await
+                    .map_err(|e| MinerError::Unreachable {
+                        url: url.clone(),
+                        reason: e.to_string(),
+                    })?;
+            stream
+                .write_all(request)
+                .await
+                .map_err(|e| MinerError::Unreachable {
+                    url: url.clone(),
+                    reason: format!("sending the request: {e}"),
+                })?;
+            let mut reply = Vec::with_capacity(4096);
+            let mut buf = [0u8; 8192];
+            loop {
+                let n = stream
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| MinerError::Malformed {
+                        url: url.clone(),
+                        reason: format!("reading the reply: {e}"),
+                    })?;
+                if n == 0 {
+                    break;
+                }
+                if let Some(nul) = buf[..n].iter().position(|b| *b == 0) {
+                    reply.extend_from_slice(&buf[..nul]);
+                    break;
+                }
+                reply.extend_from_slice(&buf[..n]);
+                if reply.len() > MAX_REPLY {
+                    return Err(MinerError::Malformed {
+                        url: url.clone(),
+                        reason: format!("reply larger than {MAX_REPLY} bytes"),
+                    });
+                }
+            }
+            Ok(reply)
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| MinerError::Timeout {
+                url: self.url(command),
+                timeout: self.timeout,
+            })?
+    }
+
+    /// A JSON request; `parameter` as cgminer takes it (`0,workmode,set,1`).
+    pub async fn request(
+        &self,
+        command: &str,
+        parameter: Option<&str>,
+    ) -> Result<Value, MinerError> {
+        let mut body = serde_json::json!({ "command": command });
+        if let Some(p) = parameter {
+            body["parameter"] = p.into();
+        }
+        let raw = self.exchange(command, body.to_string().as_bytes()).await?;
+        parse_json_reply(&raw).map_err(|e| self.reply_error(command, e))
+    }
+
+    /// The plain-text form, `command|parameter`, exactly: no trailing newline.
+    pub async fn request_plain(
+        &self,
+        command: &str,
+        parameter: Option<&str>,
+    ) -> Result<Vec<PlainSection>, MinerError> {
+        let line = match parameter {
+            Some(p) => format!("{command}|{p}"),
+            None => command.to_string(),
+        };
+        let raw = self.exchange(command, line.as_bytes()).await?;
+        let sections = parse_plain_reply(&raw);
+        match sections.first() {
+            None => Err(self.reply_error(command, ReplyError::Empty)),
+            Some(s) if matches!(s.get("STATUS").map(String::as_str), Some("E") | Some("F")) => {
+                Err(self.reply_error(
+                    command,
+                    ReplyError::Status {
+                        status: s["STATUS"].clone(),
+                        code: s.get("Code").and_then(|c| c.parse().ok()).unwrap_or(0),
+                        msg: s.get("Msg").cloned().unwrap_or_default(),
+                    },
+                ))
+            }
+            Some(_) => Ok(sections),
+        }
+    }
+
+    fn reply_error(&self, command: &str, e: ReplyError) -> MinerError {
+        MinerError::Malformed {
+            url: self.url(command),
+            reason: e.to_string(),
+        }
+    }
 }
 
 #[cfg(test)]

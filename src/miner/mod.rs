@@ -7,6 +7,7 @@
 //! mV, frequency in MHz. Anything a device does not report is `None`, never 0.
 
 pub mod asic;
+pub mod avalon;
 pub mod axeos;
 pub mod cgminer;
 
@@ -63,6 +64,9 @@ pub struct Telemetry {
     pub firmware_overheat: Option<bool>,
     /// Whether mining is paused (ESP-Miner v2.14+ standby).
     pub paused: Option<bool>,
+    /// The work mode the device itself reports (Avalon), by name. Published as `mode`.
+    #[serde(skip)]
+    pub work_mode: Option<String>,
 }
 
 impl Telemetry {
@@ -130,12 +134,19 @@ pub struct Capabilities {
     /// Core voltage can be set; the firmware's own list of suggested values.
     pub core_voltage_options: Option<Vec<u32>>,
     pub fan_speed: bool,
+    /// The lowest manual fan duty the firmware accepts, %.
+    pub fan_min: u8,
     pub auto_fan: bool,
     pub restart: bool,
     /// Standby without a reboot (ESP-Miner v2.14+).
     pub pause: bool,
     /// Pools that can be selected; empty when pool selection is not possible.
     pub pools: Vec<PoolChoice>,
+    /// Work modes the firmware switches between itself (Avalon: low, medium, high), in the
+    /// order of their codes. Empty when modes are clock presets.
+    pub work_modes: Vec<String>,
+    /// State keys this family never reports; their sensors are not offered.
+    pub absent_sensors: Vec<&'static str>,
 }
 
 /// One poll: the identity, the readings and the capabilities seen on the device now.
@@ -154,6 +165,8 @@ pub enum Command {
     SetCoreVoltage(u32),
     /// Frequency and voltage together (a mode preset), applied in one request.
     SetClock(ClockConfig),
+    /// A firmware work mode by its code (Avalon `workmode`).
+    SetWorkMode(u8),
     /// Manual fan duty in %; turns automatic fan control off.
     SetFanSpeed(u8),
     SetAutoFan(bool),
@@ -173,6 +186,7 @@ impl Command {
             Command::SetClock(c) => {
                 format!("clock {} MHz / {} mV", c.frequency_mhz, c.core_voltage_mv)
             }
+            Command::SetWorkMode(m) => format!("work mode {m}"),
             Command::SetFanSpeed(s) => format!("fan speed {s} %"),
             Command::SetAutoFan(on) => format!("auto fan {}", if *on { "on" } else { "off" }),
             Command::SelectPool(p) => format!("pool {p}"),
@@ -201,12 +215,16 @@ pub enum MinerError {
     Malformed { url: String, reason: String },
     #[error("{what} is not supported by this miner's firmware")]
     Unsupported { what: String },
+    #[error("{url}: the miner is busy ({reason}); try again in a minute")]
+    Busy { url: String, reason: String },
 }
 
 /// The adapter for one miner, whatever its family. Enum dispatch keeps the poller generic without
 /// boxing futures; each later family adds a variant.
 pub enum MinerClient {
-    AxeOs(axeos::AxeOsClient),
+    // Boxed: the ESP-Miner client carries its last parsed info and is several times larger.
+    AxeOs(Box<axeos::AxeOsClient>),
+    Avalon(avalon::AvalonClient),
 }
 
 impl MinerClient {
@@ -214,6 +232,7 @@ impl MinerClient {
     pub async fn poll(&mut self) -> Result<Reading, MinerError> {
         match self {
             MinerClient::AxeOs(c) => c.poll().await,
+            MinerClient::Avalon(c) => c.poll().await,
         }
     }
 
@@ -221,6 +240,7 @@ impl MinerClient {
     pub async fn execute(&mut self, command: &Command) -> Result<(), MinerError> {
         match self {
             MinerClient::AxeOs(c) => c.execute(command).await,
+            MinerClient::Avalon(c) => c.execute(command).await,
         }
     }
 }

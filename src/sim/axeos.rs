@@ -25,15 +25,18 @@ use tokio_util::sync::CancellationToken;
 
 /// The firmware generation the simulator speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum Firmware {
     /// v2.10.1: string difficulties, `fanspeed` as the manual fan write, flat stratum fields.
+    #[serde(rename = "v2.10")]
     V2_10,
     /// v2.12.2: numeric difficulties, `manualFanSpeed`.
+    #[serde(rename = "v2.12")]
     V2_12,
     /// v2.15: `pools[]`, `primaryPoolIndex`, pause/resume.
+    #[serde(rename = "v2.15")]
     V2_15,
     /// NerdQAxe++ firmware v1.1.
+    #[serde(rename = "nerdqaxe")]
     Nerdqaxe,
 }
 

@@ -3,6 +3,7 @@
 //! protocol cannot hide in both.
 
 pub mod axeos;
+pub mod cgminer;
 
 use std::net::SocketAddr;
 use tokio_util::sync::CancellationToken;

@@ -1,0 +1,161 @@
+//! Avalon Nano miners end to end: the cgminer simulator over real TCP, the daemon, Mosquitto.
+
+mod common;
+
+use common::*;
+use miner2mqtt::config::MinerKind;
+use miner2mqtt::miner::cgminer::CgminerClient;
+use miner2mqtt::sim::axeos::{DeviceSpec, Firmware};
+use miner2mqtt::sim::cgminer::{self, AvalonFaults, AvalonSpec, Model};
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn the_client_speaks_json_and_the_exact_plain_form_and_survives_truncation() {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let sim = cgminer::start(
+        AvalonSpec::new(1, Model::Nano3s),
+        "127.0.0.1:0".parse().unwrap(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let api = CgminerClient::new(&sim.addr.to_string(), Duration::from_secs(2));
+    // estats arrives with the firmware's dangling comma and still parses.
+    let estats = api.request("estats", None).await.unwrap();
+    assert!(estats["STATS"][0]["MM ID0"]
+        .as_str()
+        .unwrap()
+        .contains("GHSspd"));
+    let pools = api.request_plain("pools", None).await.unwrap();
+    assert_eq!(pools[0]["STATUS"], "S");
+    assert_eq!(pools[1]["URL"], "stratum+tcp://public-pool.io:21496");
+    // The plain request went out as `pools`, with no trailing newline.
+    assert!(sim.snapshot().commands.iter().any(|c| c == "pools"));
+    let e = api.request("nonsense", None).await.unwrap_err();
+    assert!(e.to_string().contains("Invalid command"), "{e}");
+    sim.set_faults(AvalonFaults {
+        truncate: true,
+        ..Default::default()
+    });
+    let e = api.request("summary", None).await.unwrap_err();
+    assert!(e.to_string().contains("summary"), "{e}");
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_avalon_appears_switches_mode_and_refuses_a_switch_while_calibrating() {
+    let rig = Rig::start(vec![DeviceSpec::gamma(50, Firmware::V2_12)]).await;
+    let mut spec = AvalonSpec::new(2, Model::Nano3s);
+    spec.calibration = Duration::from_secs(30);
+    let avalon = cgminer::start(spec, "127.0.0.1:0".parse().unwrap(), rig.cancel.clone())
+        .await
+        .unwrap();
+    let ha = &rig.ha;
+    let daemon = Daemon::start(rig.config(&["gamma"], |r| {
+        let mut m =
+            miner2mqtt::config::RawMiner::new("nano", MinerKind::Avalon, &avalon.addr.to_string());
+        m.admin_password = Some(miner2mqtt::config::Secret::new("admin"));
+        r.miners.push(m);
+    }));
+
+    let topic = format!(
+        "homeassistant/device/miner2mqtt/{}/config",
+        avalon.mac_string()
+    );
+    let d = ha
+        .wait_for(&topic, WAIT, |m| !m.payload.is_empty())
+        .await
+        .json();
+    let cmps = d["cmps"].as_object().unwrap();
+    assert_eq!(d["dev"]["mf"], "Canaan");
+    assert_eq!(d["dev"]["mdl"], "Avalon Nano3s");
+    assert_eq!(
+        cmps["mode"]["options"],
+        serde_json::json!(["low", "medium", "high"])
+    );
+    assert_eq!(
+        cmps["manual_fan_speed"]["min"], 20.0,
+        "the larger of the firmware's 15 % and safety.min_fan_speed"
+    );
+    assert_eq!(
+        cmps["pool_select"]["options"],
+        serde_json::json!(["public-pool.io:21496", "solo.ckpool.org:3333"])
+    );
+    assert!(cmps.get("restart").is_some());
+    for absent in [
+        "frequency",
+        "core_voltage",
+        "vr_temp",
+        "input_voltage",
+        "rssi",
+        "mining",
+    ] {
+        assert!(cmps.get(absent).is_none(), "an Avalon has no {absent}");
+    }
+    let state = ha
+        .wait_for("miner2mqtt/nano/state", WAIT, |m| {
+            m.json()["mode"] == "medium"
+        })
+        .await
+        .json();
+    assert!(state["power"].as_f64().unwrap() > 50.0);
+
+    let sent = Instant::now();
+    ha.publish("miner2mqtt/nano/set/mode", "high").await;
+    ha.wait_after(sent, "miner2mqtt/nano/state", WAIT, |m| {
+        m.json()["mode"] == "high"
+    })
+    .await;
+    assert_eq!(avalon.snapshot().mode, 2);
+
+    // A second switch during calibration: the firmware says no, and the user is told why.
+    let sent = Instant::now();
+    ha.publish("miner2mqtt/nano/set/mode", "low").await;
+    let e = ha
+        .wait_after(sent, "miner2mqtt/bridge/event", WAIT, |m| {
+            m.json()["type"] == "command_failed"
+        })
+        .await
+        .json();
+    assert_eq!(e["miner"], "nano");
+    assert!(e["reason"].as_str().unwrap().contains("calibrating"), "{e}");
+    let state = ha
+        .wait_after(sent, "miner2mqtt/nano/state", WAIT, |_| true)
+        .await
+        .json();
+    assert_eq!(state["mode"], "high");
+    assert_eq!(avalon.snapshot().mode, 2);
+
+    // Fan below the firmware's floor is refused before it is sent.
+    ha.publish("miner2mqtt/nano/set/fan_speed", "10").await;
+    ha.wait_after(sent, "miner2mqtt/bridge/event", WAIT, |m| {
+        m.json()["type"] == "command_rejected"
+    })
+    .await;
+    assert!(!avalon
+        .snapshot()
+        .commands
+        .iter()
+        .any(|c| c.contains("fan-spd,10")));
+    ha.publish("miner2mqtt/nano/set/fan_speed", "70").await;
+    ha.wait_after(sent, "miner2mqtt/nano/state", WAIT, |m| {
+        m.json()["auto_fan"] == false
+    })
+    .await;
+    assert_eq!(avalon.snapshot().fan_manual, Some(70));
+
+    // A garbled Avalon goes offline without stopping the Bitaxe beside it.
+    let t0 = Instant::now();
+    avalon.set_faults(AvalonFaults {
+        truncate: true,
+        ..Default::default()
+    });
+    ha.wait_after(t0, "miner2mqtt/nano/availability", WAIT, |m| {
+        m.text() == "offline"
+    })
+    .await;
+    let t1 = Instant::now();
+    ha.wait_after(t1, "miner2mqtt/gamma/state", WAIT, |_| true)
+        .await;
+    daemon.stop().await;
+}
