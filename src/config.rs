@@ -174,6 +174,9 @@ pub enum MinerKind {
     /// Avalon Nano 3 and Nano 3S (cgminer API on TCP 4028).
     #[serde(alias = "avalon-nano", alias = "nano3", alias = "nano3s")]
     Avalon,
+    /// Antminer on stock firmware (cgminer API, read-only).
+    #[serde(alias = "bmminer")]
+    Antminer,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -299,7 +302,7 @@ impl MinerConfig {
             .rsplit_once(':')
             .is_some_and(|(h, _)| !h.contains(':'));
         match (self.kind, has_port) {
-            (MinerKind::Avalon, false) => format!("{}:4028", self.host),
+            (MinerKind::Avalon | MinerKind::Antminer, false) => format!("{}:4028", self.host),
             _ => self.host.clone(),
         }
     }

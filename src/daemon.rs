@@ -146,6 +146,9 @@ pub async fn run(
                     config.pools.clone(),
                 )))
             }
+            MinerKind::Antminer => MinerClient::Antminer(
+                crate::miner::antminer::AntminerClient::new(&m.address(), config.request_timeout),
+            ),
             MinerKind::Avalon => MinerClient::Avalon(AvalonClient::new(
                 &m.address(),
                 config.request_timeout,

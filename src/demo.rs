@@ -1,5 +1,5 @@
 //! `miner2mqtt demo`: the whole system with no hardware. A simulated fleet (Bitaxe Gamma and
-//! Supra, a v2.15 Gamma, a NerdQaxe++, an Avalon Nano 3S), the broker on localhost:1883 if one answers or else an
+//! Supra, a v2.15 Gamma, a NerdQaxe++, an Avalon Nano 3S, an Antminer S19 Pro), the broker on localhost:1883 if one answers or else an
 //! embedded one, the daemon, and a live table of what Home Assistant sees over MQTT.
 
 use crate::config::{self, Config, MinerKind, RawConfig, RawMiner};
@@ -102,6 +102,13 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     )
     .await?;
     names.push("avalon-nano3s");
+    let s19 = crate::sim::cgminer::start(
+        AvalonSpec::new(6, Model::S19pro),
+        "127.0.0.1:0".parse().expect("a socket address"),
+        cancel.clone(),
+    )
+    .await?;
+    names.push("antminer-s19");
 
     let broker = opts.broker;
     let embedded = if broker_answers(broker) {
@@ -126,6 +133,11 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     let mut nano = RawMiner::new("avalon-nano3s", MinerKind::Avalon, &avalon.addr.to_string());
     nano.admin_password = Some(config::Secret::new(&avalon.spec.admin_password));
     raw.miners.push(nano);
+    raw.miners.push(RawMiner::new(
+        "antminer-s19",
+        MinerKind::Antminer,
+        &s19.addr.to_string(),
+    ));
     let config: Config = config::from_figment(&Figment::from(Serialized::defaults(raw)))?;
 
     println!("miner2mqtt demo");
@@ -147,6 +159,10 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         );
     }
     println!("  avalon-nano3s      Nano 3S  cgminer {}", avalon.addr);
+    println!(
+        "  antminer-s19       S19 Pro  cgminer {} (read-only)",
+        s19.addr
+    );
     println!(
         "  Try: mosquitto_pub -h {} -p {} -t miner2mqtt/bitaxe-gamma/set/frequency -m 600",
         broker.ip(),

@@ -15,6 +15,9 @@
 //!   sharing no code with the adapters.
 //! - [`demo`] and [`bench`]: the one-command demo and the load benchmark.
 
+// serde_json's json! macro recurses once per token; the simulators' payloads are large.
+#![recursion_limit = "256"]
+
 pub mod bench;
 pub mod config;
 pub mod daemon;

@@ -188,6 +188,7 @@ async fn the_demo_brings_its_own_broker_when_none_answers() {
         "bitaxe-gamma-215",
         "nerdqaxe",
         "avalon-nano3s",
+        "antminer-s19",
     ] {
         ha.wait_for(&format!("miner2mqtt/{name}/state"), WAIT, |m| {
             m.json()["hashrate"].is_number()
@@ -200,8 +201,8 @@ async fn the_demo_brings_its_own_broker_when_none_answers() {
         .filter(|m| m.topic.starts_with("homeassistant/device/miner2mqtt/"))
         .count();
     assert!(
-        discovered >= 6,
-        "{discovered} discovery payloads (5 miners + bridge)"
+        discovered >= 7,
+        "{discovered} discovery payloads (6 miners + bridge)"
     );
     terminate(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(15)).success());

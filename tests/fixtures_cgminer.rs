@@ -195,3 +195,56 @@ fn avalon_readings_from_the_captured_nano3_and_nano3s() {
     assert_eq!(r.telemetry.hashrate, Some(6598.84));
     assert_eq!(r.telemetry.asic_temp, Some(90.0));
 }
+
+#[test]
+fn antminer_reading_from_the_captured_s19pro() {
+    use miner2mqtt::miner::antminer::parse_reading;
+    let version = parse_json_reply(&load("cgminer-antminer/s19pro_49.0.1.3_version.json")).unwrap();
+    let summary = parse_json_reply(&load("cgminer-antminer/s19pro_49.0.1.3_summary.json")).unwrap();
+    let stats = parse_json_reply(&load("cgminer-antminer/s19pro_49.0.1.3_stats.json")).unwrap();
+    let pools = parse_json_reply(&load("cgminer-antminer/s19pro_49.0.1.3_pools.json")).unwrap();
+    let r = parse_reading(&version["VERSION"][0], &summary, &stats, &pools);
+    let t = &r.telemetry;
+    assert_eq!(
+        r.identity.hardware_id.as_deref(),
+        Some("antminer8144d5ca79104814")
+    );
+    assert_eq!(r.identity.model, "Antminer S19 Pro");
+    assert_eq!(r.identity.firmware.as_deref(), Some("49.0.1.3"));
+    assert_eq!(t.hashrate, Some(110566.89));
+    assert_eq!(t.expected_hashrate, Some(110000.0));
+    assert_eq!(
+        t.asic_temp,
+        Some(78.0),
+        "the hottest chain's chip temperature"
+    );
+    assert_eq!(t.frequency, Some(525.0));
+    assert_eq!(t.fan_rpm, Some(6000.0));
+    assert_eq!(t.extra["fan2_rpm"], Some(5880.0));
+    assert_eq!(
+        t.extra["chain1_hashrate"],
+        Some(37603.30),
+        "chain rates are strings on the wire"
+    );
+    assert_eq!(t.extra["chain3_temp"], Some(69.0));
+    assert!(
+        !t.extra.contains_key("chain4_hashrate"),
+        "the empty fourth chain is not a sensor"
+    );
+    assert_eq!(
+        (t.shares_accepted, t.shares_rejected),
+        (Some(4057), Some(11))
+    );
+    assert_eq!(t.best_difficulty, Some(12904207043.0));
+    assert_eq!(t.pool.as_deref(), Some("btc.global.luxor.tech:700"));
+    assert_eq!(t.power, None, "stock firmware reports no power");
+    let c = &r.capabilities;
+    assert!(
+        !c.fan_speed
+            && !c.auto_fan
+            && !c.restart
+            && c.frequency_options.is_none()
+            && c.work_modes.is_empty()
+    );
+    assert_eq!(c.extra_sensors.len(), 3 * 2 + 3);
+}

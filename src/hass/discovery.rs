@@ -298,6 +298,17 @@ pub fn miner_discovery(topics: &Topics, m: &MinerDevice<'_>) -> (String, Value) 
             b.sensor(spec);
         }
     }
+    for extra in &m.capabilities.extra_sensors {
+        let mut base = b.base("sensor", &extra.key, &extra.name);
+        base.value_template = Some(format!("{{{{ value_json.{} }}}}", extra.key));
+        let part = SensorPart {
+            device_class: extra.device_class,
+            state_class: Some("measurement"),
+            unit_of_measurement: extra.unit,
+            suggested_display_precision: Some(1),
+        };
+        b.add(&extra.key, base, part);
+    }
     {
         let mut base = b.base("sensor", "firmware", "Firmware");
         base.entity_category = Some("diagnostic");

@@ -226,6 +226,7 @@ pub fn parse_reading(
         work_mode: mode
             .and_then(|m| WORK_MODES.get(m as usize))
             .map(|m| m.to_string()),
+        extra: Default::default(),
     };
     let mac = version["MAC"]
         .as_str()
@@ -286,6 +287,7 @@ pub fn parse_reading(
             "current",
             "rssi",
         ],
+        extra_sensors: Vec::new(),
     };
     Reading {
         identity,

@@ -103,6 +103,7 @@ pub fn parse_system_info(body: &[u8]) -> Result<SystemInfo, String> {
         firmware_overheat: boolish(obj, "overheat_mode"),
         paused: boolish(obj, "miningPaused").or_else(|| boolish(obj, "shutdown")),
         work_mode: None,
+        extra: Default::default(),
     };
 
     let mac = string(obj, "macAddr");
@@ -141,6 +142,7 @@ pub fn parse_system_info(body: &[u8]) -> Result<SystemInfo, String> {
         pools: Vec::new(),
         work_modes: Vec::new(),
         absent_sensors: Vec::new(),
+        extra_sensors: Vec::new(),
     };
     if generation == Generation::V2_15 {
         capabilities.pools = pool_ids

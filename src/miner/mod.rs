@@ -6,6 +6,7 @@
 //! hashrate in GH/s, power in W, voltage in V, current in A, temperatures in °C, core voltage in
 //! mV, frequency in MHz. Anything a device does not report is `None`, never 0.
 
+pub mod antminer;
 pub mod asic;
 pub mod avalon;
 pub mod axeos;
@@ -67,6 +68,20 @@ pub struct Telemetry {
     /// The work mode the device itself reports (Avalon), by name. Published as `mode`.
     #[serde(skip)]
     pub work_mode: Option<String>,
+    /// Family-specific readings (Antminer per-chain rate and temperature, extra fans), keyed as
+    /// in `Capabilities::extra_sensors`; flattened into the state JSON.
+    #[serde(flatten)]
+    pub extra: std::collections::BTreeMap<String, Option<f64>>,
+}
+
+/// A sensor only some families have, e.g. one hash chain's rate.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExtraSensor {
+    /// The state JSON key.
+    pub key: String,
+    pub name: String,
+    pub unit: Option<&'static str>,
+    pub device_class: Option<&'static str>,
 }
 
 impl Telemetry {
@@ -147,6 +162,8 @@ pub struct Capabilities {
     pub work_modes: Vec<String>,
     /// State keys this family never reports; their sensors are not offered.
     pub absent_sensors: Vec<&'static str>,
+    /// Sensors beyond the common set.
+    pub extra_sensors: Vec<ExtraSensor>,
 }
 
 /// One poll: the identity, the readings and the capabilities seen on the device now.
@@ -225,6 +242,7 @@ pub enum MinerClient {
     // Boxed: the ESP-Miner client carries its last parsed info and is several times larger.
     AxeOs(Box<axeos::AxeOsClient>),
     Avalon(avalon::AvalonClient),
+    Antminer(antminer::AntminerClient),
 }
 
 impl MinerClient {
@@ -233,6 +251,7 @@ impl MinerClient {
         match self {
             MinerClient::AxeOs(c) => c.poll().await,
             MinerClient::Avalon(c) => c.poll().await,
+            MinerClient::Antminer(c) => c.poll().await,
         }
     }
 
@@ -241,6 +260,12 @@ impl MinerClient {
         match self {
             MinerClient::AxeOs(c) => c.execute(command).await,
             MinerClient::Avalon(c) => c.execute(command).await,
+            MinerClient::Antminer(_) => Err(MinerError::Unsupported {
+                what: format!(
+                    "{} (stock Antminer firmware is read-only here)",
+                    command.describe()
+                ),
+            }),
         }
     }
 }

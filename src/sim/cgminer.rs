@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 pub enum Model {
     Nano3,
     Nano3s,
+    /// Antminer S19 Pro on stock bmminer: read-only, three chains.
+    S19pro,
 }
 
 impl std::str::FromStr for Model {
@@ -32,6 +34,7 @@ impl std::str::FromStr for Model {
         match s.to_ascii_lowercase().as_str() {
             "nano3" => Ok(Model::Nano3),
             "nano3s" => Ok(Model::Nano3s),
+            "s19pro" | "antminer" => Ok(Model::S19pro),
             other => Err(format!(
                 "unknown Avalon model {other:?}: use nano3 or nano3s"
             )),
@@ -45,6 +48,7 @@ impl Model {
         match self {
             Model::Nano3 => [(2.0, 50.0), (3.3, 90.0), (4.0, 140.0)],
             Model::Nano3s => [(3.5, 70.0), (5.0, 100.0), (6.6, 133.0)],
+            Model::S19pro => [(110.0, 3250.0); 3],
         }
     }
 }
@@ -148,14 +152,14 @@ impl Device {
                 "nano3-24071801_42c628d",
                 format!("PS[0 0 0 3 2780 {} 314]", self.power() as u32),
             ),
-            Model::Nano3s => (
+            Model::Nano3s | Model::S19pro => (
                 "Nano3s-25021401_56abae7",
                 format!("PS[0 0 27541 4 0 3756 {}]", self.power() as u32),
             ),
         };
         let mode = match self.spec.model {
             Model::Nano3 => format!("WORKLEVEL[{}]", self.mode),
-            Model::Nano3s => format!("WORKMODE[{}] WORKLEVEL[0]", self.mode),
+            Model::Nano3s | Model::S19pro => format!("WORKMODE[{}] WORKLEVEL[0]", self.mode),
         };
         let state = if self.calibrating() {
             "Work: In Calibration"
@@ -182,12 +186,15 @@ impl Device {
         } else {
             format!("{command}|{parameter}")
         });
+        if self.spec.model == Model::S19pro {
+            return self.antminer_reply(command);
+        }
         let elapsed = self.booted.elapsed().as_secs();
         match command {
             "version" => json!({ "STATUS": self.status(22, "CGMiner versions", "S"), "VERSION": [{
                 "CGMiner": "4.11.1", "API": "3.7",
-                "PROD": match self.spec.model { Model::Nano3 => "Avalon Nano3", Model::Nano3s => "Avalon Nano3s" },
-                "MODEL": match self.spec.model { Model::Nano3 => "Nano3", Model::Nano3s => "Nano3s" },
+                "PROD": match self.spec.model { Model::Nano3 => "Avalon Nano3", _ => "Avalon Nano3s" },
+                "MODEL": match self.spec.model { Model::Nano3 => "Nano3", _ => "Nano3s" },
                 "HWTYPE": "N_MM1v1_X1", "SWTYPE": "MM319", "LVERSION": "25021401_56abae7", "BVERSION": "25021401_56abae7",
                 "CGVERSION": "25021401_56abae7", "DNA": format!("02010000{}", self.mac_hex()), "MAC": self.mac_hex(), "UPAPI": "2" }], "id": 1 }),
             "summary" => {
@@ -231,6 +238,53 @@ impl Device {
                 }
             }
             _ => json!({ "STATUS": self.status(14, "Invalid command", "E"), "id": 1 }),
+        }
+    }
+
+    /// Stock bmminer replies, shaped like the captured S19 Pro (GH/s, chain rates as strings,
+    /// a fourth, empty chain).
+    fn antminer_reply(&mut self, command: &str) -> Value {
+        let elapsed = self.booted.elapsed().as_secs();
+        let rates: Vec<f64> = (0..3)
+            .map(|_| 37000.0 * (1.0 + rand::rng().random_range(-0.02..0.02)))
+            .collect();
+        let total: f64 = rates.iter().sum();
+        let (r1, r2, r3) = (
+            format!("{:.2}", rates[0]),
+            format!("{:.2}", rates[1]),
+            format!("{:.2}", rates[2]),
+        );
+        let miner_id = format!("8144d5ca{}", self.mac_hex());
+        let status = |code: u32, msg: &str| json!([{ "STATUS": "S", "When": 1755615295u64 + elapsed, "Code": code, "Msg": msg, "Description": "cgminer 1.0.0" }]);
+        match command {
+            "version" => {
+                json!({ "STATUS": status(22, "CGMiner versions"), "VERSION": [{ "BMMiner": "1.0.0", "API": "3.1",
+                "Miner": "49.0.1.3", "CompileTime": "Tue Dec  6 16:12:30 CST 2022", "Type": "Antminer S19 Pro" }], "id": 1 })
+            }
+            "summary" => {
+                json!({ "STATUS": status(11, "Summary"), "SUMMARY": [{ "Elapsed": elapsed, "GHS 5s": total,
+                "GHS av": total, "GHS 30m": total, "Found Blocks": 0, "Getwork": 3957, "Accepted": self.accepted,
+                "Rejected": self.rejected, "Hardware Errors": 562, "Best Share": 12904207043u64, "Pool Rejected%": 0.0,
+                "Pool Stale%": 0.0 }], "id": 1 })
+            }
+            "stats" => json!({ "STATUS": status(70, "CGMiner stats"), "STATS": [
+                { "BMMiner": "1.0.0", "Miner": "49.0.1.3", "CompileTime": "Tue Dec  6 16:12:30 CST 2022", "Type": "Antminer S19 Pro" },
+                { "STATS": 0, "ID": "BTM_SOC0", "Elapsed": elapsed, "GHS 5s": total, "GHS av": total, "rate_30m": total,
+                  "Mode": 2, "miner_count": 3, "frequency": 525, "fan_num": 4, "fan1": 6000, "fan2": 5880, "fan3": 5040, "fan4": 5040,
+                  "temp_num": 3, "temp1": 73, "temp2_1": 78, "temp2": 66, "temp2_2": 71, "temp3": 64, "temp2_3": 69,
+                  "temp_chip1": "78-50-69-70", "temp_chip2": "52-55-70-71", "temp_chip3": "51-49-69-68", "temp_chip4": "0-0-0-0",
+                  "total_rateideal": 110000.0, "rate_unit": "GH", "total_freqavg": 525, "total_acn": 342, "total rate": total,
+                  "temp_max": 0, "chain_acn1": 114, "chain_acn2": 114, "chain_acn3": 114, "chain_acn4": 0,
+                  "chain_rate1": r1, "chain_rate2": r2, "chain_rate3": r3, "chain_rate4": "", "freq1": 525, "freq2": 525, "freq3": 525, "freq4": 0,
+                  "miner_version": "49.0.1.3", "miner_id": miner_id } ], "id": 1 }),
+            "pools" => {
+                json!({ "STATUS": status(7, "1 Pool(s)"), "POOLS": [{ "POOL": 0, "URL": self.pools[0].0, "Status": "Alive",
+                "Priority": 0, "Accepted": self.accepted, "Rejected": self.rejected, "User": self.pools[0].1, "Last Share Time": "0:00:03",
+                "Diff": "524K", "Stratum Active": true, "Best Share": 12904207043.0, "Pool Stale%%": 0.0 }], "id": 1 })
+            }
+            _ => {
+                json!({ "STATUS": [{ "STATUS": "E", "When": 1755615295u64 + elapsed, "Code": 14, "Msg": "Invalid command", "Description": "cgminer 1.0.0" }], "id": 1 })
+            }
         }
     }
 
@@ -424,11 +478,16 @@ async fn serve(
     } else {
         reply.to_string()
     };
+    let model = device.lock().unwrap().spec.model;
     if command == "estats" && !plain {
         // The real firmware leaves a comma before a closing brace here.
         if let Some(pos) = body.rfind("}]") {
             body.insert(pos, ',');
         }
+    }
+    if command == "stats" && model == Model::S19pro && !plain {
+        // bmminer repeats keys in stats; the last one counts.
+        body = body.replacen("\"temp_max\":0", "\"temp_max\":1,\"temp_max\":0", 1);
     }
     let mut bytes = body.into_bytes();
     if f.truncate {

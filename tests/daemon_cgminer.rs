@@ -159,3 +159,70 @@ async fn an_avalon_appears_switches_mode_and_refuses_a_switch_while_calibrating(
         .await;
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_antminer_appears_with_sensors_only_and_refuses_every_command() {
+    let rig = Rig::start(vec![]).await;
+    let s19 = cgminer::start(
+        AvalonSpec::new(3, Model::S19pro),
+        "127.0.0.1:0".parse().unwrap(),
+        rig.cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let ha = &rig.ha;
+    let daemon = Daemon::start(rig.config(&[], |r| {
+        r.miners.push(miner2mqtt::config::RawMiner::new(
+            "s19",
+            MinerKind::Antminer,
+            &s19.addr.to_string(),
+        ));
+    }));
+    let topic = format!(
+        "homeassistant/device/miner2mqtt/antminer8144d5ca{}/config",
+        s19.mac_string()
+    );
+    let d = ha
+        .wait_for(&topic, WAIT, |m| !m.payload.is_empty())
+        .await
+        .json();
+    assert_eq!(d["dev"]["mdl"], "Antminer S19 Pro");
+    let cmps = d["cmps"].as_object().unwrap();
+    for (key, c) in cmps {
+        let p = c["p"].as_str().unwrap();
+        assert!(
+            p == "sensor" || p == "binary_sensor",
+            "{key} is a {p}: an Antminer gets sensors only"
+        );
+    }
+    assert_eq!(cmps["chain2_hashrate"]["unit_of_measurement"], "GH/s");
+    assert_eq!(cmps["chain2_temp"]["device_class"], "temperature");
+    assert!(cmps.get("power").is_none() && cmps.get("fan_speed").is_none());
+    // The duplicate keys bmminer sends in stats do not get in the way.
+    let state = ha
+        .wait_for("miner2mqtt/s19/state", WAIT, |m| {
+            m.json()["chain1_hashrate"].is_number()
+        })
+        .await
+        .json();
+    assert!(state["hashrate"].as_f64().unwrap() > 100_000.0);
+    assert_eq!(state["asic_temp"], 78.0);
+    let sent = Instant::now();
+    ha.publish("miner2mqtt/s19/set/frequency", "500").await;
+    let e = ha
+        .wait_after(sent, "miner2mqtt/bridge/event", WAIT, |m| {
+            m.json()["type"] == "command_rejected"
+        })
+        .await
+        .json();
+    assert!(
+        e["reason"].as_str().unwrap().contains("cannot be set"),
+        "{e}"
+    );
+    assert!(s19
+        .snapshot()
+        .commands
+        .iter()
+        .all(|c| !c.starts_with("ascset")));
+    daemon.stop().await;
+}
