@@ -177,6 +177,8 @@ pub enum MinerKind {
     /// Antminer on stock firmware (cgminer API, read-only).
     #[serde(alias = "bmminer")]
     Antminer,
+    /// NMMiner lottery miners: created from their UDP broadcasts, not listed under `miners`.
+    Nmminer,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -227,6 +229,75 @@ pub struct RawPreset {
     pub core_voltage: u32,
 }
 
+/// One NMMiner device to accept, by the IP it broadcasts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNmDevice {
+    pub ip: String,
+    /// The device name in HA and in topics; `nmminer-<ip>` when omitted.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// NMMiner broadcasts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawNmminer {
+    /// Where telemetry broadcasts arrive.
+    pub listen: String,
+    /// The devices' configuration port.
+    pub config_port: u16,
+    /// Accept every device that broadcasts, not only those listed.
+    pub accept_all: bool,
+    pub devices: Vec<RawNmDevice>,
+    /// Silence after which a device shows unavailable.
+    #[serde(with = "humantime_serde")]
+    pub expire_after: Duration,
+}
+
+impl Default for RawNmminer {
+    fn default() -> Self {
+        RawNmminer {
+            listen: "0.0.0.0:12345".into(),
+            config_port: 12347,
+            accept_all: false,
+            devices: Vec::new(),
+            expire_after: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The validated NMMiner settings; absent when no device is accepted.
+#[derive(Debug, Clone)]
+pub struct NmminerConfig {
+    pub listen: std::net::SocketAddr,
+    pub config_port: u16,
+    pub accept_all: bool,
+    /// (ip, name) of the listed devices.
+    pub devices: Vec<(String, String)>,
+    pub expire_after: Duration,
+}
+
+impl NmminerConfig {
+    /// The name for a device broadcasting as `ip`, if it is accepted.
+    pub fn name_for(&self, ip: &str) -> Option<String> {
+        match self.devices.iter().find(|(i, _)| i == ip) {
+            Some((_, name)) => Some(name.clone()),
+            None if self.accept_all => Some(default_nm_name(ip)),
+            None => None,
+        }
+    }
+}
+
+/// `192.168.1.101` → `nmminer-192-168-1-101`.
+pub fn default_nm_name(ip: &str) -> String {
+    let ip: String = ip
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    format!("nmminer-{ip}")
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawConfig {
@@ -243,9 +314,11 @@ pub struct RawConfig {
     pub store: RawStore,
     pub safety: Safety,
     pub modes: BTreeMap<String, BTreeMap<String, RawPreset>>,
-    /// Pools offered for selection on firmware older than v2.15 (which has its own list).
+    /// Pools offered for selection on firmware older than v2.15 (which has its own list) and on
+    /// NMMiner devices.
     pub pools: Vec<RawPool>,
     pub miners: Vec<RawMiner>,
+    pub nmminer: RawNmminer,
 }
 
 impl Default for RawConfig {
@@ -262,6 +335,7 @@ impl Default for RawConfig {
             modes: BTreeMap::new(),
             pools: Vec::new(),
             miners: Vec::new(),
+            nmminer: RawNmminer::default(),
         }
     }
 }
@@ -324,6 +398,7 @@ pub struct Config {
     pub modes: BTreeMap<String, BTreeMap<String, RawPreset>>,
     pub pools: Vec<ConfiguredPool>,
     pub miners: Vec<MinerConfig>,
+    pub nmminer: Option<NmminerConfig>,
     /// Whether the MQTT password came from `mqtt.password_file`.
     password_file_used: bool,
 }
@@ -620,6 +695,13 @@ fn validate(raw: RawConfig, figment: &Figment) -> Result<Config, ConfigError> {
                 ));
             }
         }
+        if rm.kind == MinerKind::Nmminer {
+            return Err(invalid(
+                &key("kind"),
+                &"nmminer",
+                "NMMiner devices are found from their broadcasts: list them under nmminer.devices",
+            ));
+        }
         host.shrink_to_fit();
         for (field, b) in [
             ("frequency", rm.limits.frequency),
@@ -654,6 +736,57 @@ fn validate(raw: RawConfig, figment: &Figment) -> Result<Config, ConfigError> {
         });
     }
 
+    let nm = raw.nmminer;
+    let nmminer = if nm.accept_all || !nm.devices.is_empty() {
+        let listen = nm.listen.parse().map_err(|_| {
+            invalid(
+                "nmminer.listen",
+                &format!("{:?}", nm.listen),
+                "an address and UDP port such as 0.0.0.0:12345",
+            )
+        })?;
+        if nm.expire_after < Duration::from_secs(1) {
+            return Err(invalid(
+                "nmminer.expire_after",
+                &humantime::format_duration(nm.expire_after),
+                "at least 1s; the devices broadcast every few seconds",
+            ));
+        }
+        let mut devices = Vec::new();
+        for (i, d) in nm.devices.iter().enumerate() {
+            if d.ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(
+                    &format!("nmminer.devices[{i}].ip"),
+                    &format!("{:?}", d.ip),
+                    "the IP address the device broadcasts",
+                ));
+            }
+            let name = d.name.clone().unwrap_or_else(|| default_nm_name(&d.ip));
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                || miners.iter().any(|m| m.name == name)
+            {
+                return Err(invalid(
+                    &format!("nmminer.devices[{i}].name"),
+                    &format!("{name:?}"),
+                    "a unique name of letters, digits, - and _",
+                ));
+            }
+            devices.push((d.ip.clone(), name));
+        }
+        Some(NmminerConfig {
+            listen,
+            config_port: nm.config_port,
+            accept_all: nm.accept_all,
+            devices,
+            expire_after: nm.expire_after,
+        })
+    } else {
+        None
+    };
+
     Ok(Config {
         mqtt: MqttConfig {
             host: m.host,
@@ -678,6 +811,7 @@ fn validate(raw: RawConfig, figment: &Figment) -> Result<Config, ConfigError> {
         modes,
         pools,
         miners,
+        nmminer,
         password_file_used: m.password_file.is_some(),
     })
 }

@@ -85,6 +85,14 @@ struct Hub {
     /// Successful and failed polls since start, for health checks and the benchmark.
     polls_ok: u64,
     polls_failed: u64,
+    /// For miners created at run time (NMMiner), and their command tasks.
+    fleet_tx: mpsc::Sender<FleetEvent>,
+    tracker: TaskTracker,
+    pollers: CancellationToken,
+    /// When each broadcasting miner was last heard.
+    last_heard: HashMap<usize, Instant>,
+    /// NMMiner IPs heard but not accepted, logged once each.
+    ignored: HashSet<String>,
 }
 
 fn payload_hash(bytes: &[u8]) -> u64 {
@@ -130,7 +138,8 @@ pub async fn run(
     let first_spread = (Duration::from_millis(2) * config.miners.len() as u32)
         .max(Duration::from_secs(2))
         .min(config.poll_interval);
-    for (i, m) in config.miners.iter().enumerate() {
+    for m in &config.miners {
+        let i = slots.len();
         let client = match m.kind {
             MinerKind::Axeos => {
                 let totp = m
@@ -149,6 +158,8 @@ pub async fn run(
             MinerKind::Antminer => MinerClient::Antminer(
                 crate::miner::antminer::AntminerClient::new(&m.address(), config.request_timeout),
             ),
+            // Found from broadcasts, never listed (the config refuses it).
+            MinerKind::Nmminer => continue,
             MinerKind::Avalon => MinerClient::Avalon(AvalonClient::new(
                 &m.address(),
                 config.request_timeout,
@@ -177,7 +188,6 @@ pub async fn run(
             warned: HashSet::new(),
         });
     }
-    drop(fleet_tx);
     tracing::info!(miners = slots.len(), broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port), "miner2mqtt started");
 
     let mut hub = Hub {
@@ -199,7 +209,25 @@ pub async fn run(
         store_failing: false,
         polls_ok: 0,
         polls_failed: 0,
+        fleet_tx,
+        tracker: tracker.clone(),
+        pollers: pollers.clone(),
+        last_heard: HashMap::new(),
+        ignored: HashSet::new(),
     };
+
+    // NMMiner telemetry arrives as broadcasts; a bind failure is reported and the rest runs on.
+    let (nm_tx, mut nm_rx) = mpsc::channel::<Vec<u8>>(1024);
+    if let Some(nm) = &hub.config.nmminer {
+        match crate::miner::nmminer::bind(nm.listen).await {
+            Ok(socket) => {
+                tracing::info!(listen = %nm.listen, "listening for NMMiner broadcasts");
+                let stop = pollers.clone();
+                tracker.spawn(crate::miner::nmminer::listen(socket, nm_tx, stop));
+            }
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
 
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -208,6 +236,7 @@ pub async fn run(
             _ = cancel.cancelled() => break,
             Some(ev) = fleet_rx.recv() => hub.on_fleet(ev),
             Some(ev) = mqtt_rx.recv() => hub.on_mqtt(ev),
+            Some(datagram) = nm_rx.recv() => hub.on_broadcast(&datagram),
             _ = tick.tick() => hub.on_tick(),
         }
         if hub.exit.is_some() {
@@ -346,6 +375,70 @@ impl Hub {
             self.publish_discovery(i, false);
         }
         self.publish_state(i);
+    }
+
+    /// One NMMiner datagram: the device's reading, creating the miner on first hearing if it is
+    /// accepted.
+    fn on_broadcast(&mut self, datagram: &[u8]) {
+        let Some(nm) = self.config.nmminer.clone() else {
+            return;
+        };
+        let labels: Vec<String> = self.config.pools.iter().map(|p| p.label()).collect();
+        let status = match crate::miner::nmminer::parse_status(datagram, &labels) {
+            Ok(s) => s,
+            Err(reason) => {
+                tracing::debug!(%reason, "unreadable NMMiner broadcast ignored");
+                return;
+            }
+        };
+        let existing = self
+            .slots
+            .iter()
+            .position(|s| s.config.kind == MinerKind::Nmminer && s.config.host == status.ip);
+        let i = match existing {
+            Some(i) => i,
+            None => {
+                let Some(name) = nm.name_for(&status.ip) else {
+                    if self.ignored.insert(status.ip.clone()) {
+                        tracing::info!(ip = %status.ip, board = %status.board, "ignoring an NMMiner that is not in nmminer.devices (accept_all: true accepts every device)");
+                    }
+                    return;
+                };
+                let i = self.slots.len();
+                let config = MinerConfig {
+                    name: name.clone(),
+                    kind: MinerKind::Nmminer,
+                    host: status.ip.clone(),
+                    totp_secret: None,
+                    admin_password: None,
+                    limits: Default::default(),
+                };
+                let handle = crate::fleet::spawn_datagram_commander(
+                    i,
+                    status.ip.clone(),
+                    nm.config_port,
+                    self.config.pools.clone(),
+                    self.fleet_tx.clone(),
+                    &self.tracker,
+                    self.pollers.clone(),
+                );
+                tracing::info!(miner = %name, ip = %status.ip, board = %status.board, "NMMiner found");
+                self.slots.push(Slot {
+                    hardware_id: self.store.hardware_id_of(&name),
+                    config,
+                    handle,
+                    reading: None,
+                    online: None,
+                    failures: 0,
+                    limits: None,
+                    store_number: None,
+                    warned: HashSet::new(),
+                });
+                i
+            }
+        };
+        self.last_heard.insert(i, Instant::now());
+        self.on_reading(i, SystemTime::now(), status.reading);
     }
 
     fn on_mqtt(&mut self, ev: MqttEvent) {
@@ -546,6 +639,23 @@ impl Hub {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        if let Some(expire) = self.config.nmminer.as_ref().map(|n| n.expire_after) {
+            let silent: Vec<usize> = self
+                .last_heard
+                .iter()
+                .filter(|(i, heard)| {
+                    now.duration_since(**heard) > expire && self.slots[**i].online == Some(true)
+                })
+                .map(|(i, _)| *i)
+                .collect();
+            for i in silent {
+                let name = self.slots[i].config.name.clone();
+                tracing::warn!(miner = %name, ?expire, "NMMiner silent; shown unavailable");
+                self.set_availability(i, false);
+                self.event(json!({ "type": "miner_offline", "miner": name,
+                    "error": format!("no broadcast for {}", humantime::format_duration(expire)) }));
+            }
+        }
         if self.connected && !self.synced && self.sync_at.is_some_and(|t| now >= t) {
             self.sync_at = None;
             self.synced = true;
@@ -602,10 +712,23 @@ impl Hub {
                 expected.insert(self.topics.discovery(&discovery::object_id(h)));
             }
         }
+        if let Some(nm) = &self.config.nmminer {
+            // Listed NMMiner devices that have not broadcast yet keep their discovery.
+            for (_, name) in &nm.devices {
+                if let Some(h) = self.store.hardware_id_of(name) {
+                    expected.insert(self.topics.discovery(&discovery::object_id(&h)));
+                }
+            }
+        }
+        let keep_all_nm = self.config.nmminer.as_ref().is_some_and(|n| n.accept_all);
+        let nm_prefix = self.topics.discovery("nm_");
+        let nm_prefix = nm_prefix.trim_end_matches("/config");
         let stale: Vec<String> = self
             .retained
             .keys()
             .filter(|t| !expected.contains(*t))
+            // With accept_all, any NMMiner may still be out there: never cleared at start.
+            .filter(|t| !(keep_all_nm && t.starts_with(nm_prefix)))
             .cloned()
             .collect();
         for topic in stale {
@@ -613,9 +736,15 @@ impl Hub {
             self.mqtt.publish(topic.clone(), Vec::<u8>::new(), true);
             self.retained.remove(&topic);
         }
-        let configured: HashSet<&str> = self.slots.iter().map(|s| s.config.name.as_str()).collect();
+        let mut configured: HashSet<&str> =
+            self.slots.iter().map(|s| s.config.name.as_str()).collect();
+        if let Some(nm) = &self.config.nmminer {
+            configured.extend(nm.devices.iter().map(|(_, n)| n.as_str()));
+        }
         for (name, _) in self.store.names() {
-            if !configured.contains(name.as_str()) {
+            let kept =
+                configured.contains(name.as_str()) || (keep_all_nm && name.starts_with("nmminer-"));
+            if !kept {
                 self.mqtt
                     .publish(self.topics.availability(&name), Vec::<u8>::new(), true);
                 let _ = self.store.forget_name(&name);
@@ -652,6 +781,14 @@ impl Hub {
                 identity: &reading.identity,
                 capabilities: &reading.capabilities,
                 limits,
+                expire_after: (slot.config.kind == MinerKind::Nmminer)
+                    .then(|| {
+                        self.config
+                            .nmminer
+                            .as_ref()
+                            .map(|n| n.expire_after.as_secs())
+                    })
+                    .flatten(),
             },
         );
         self.publish_retained_if_changed(topic, payload, force);

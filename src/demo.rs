@@ -1,5 +1,5 @@
 //! `miner2mqtt demo`: the whole system with no hardware. A simulated fleet (Bitaxe Gamma and
-//! Supra, a v2.15 Gamma, a NerdQaxe++, an Avalon Nano 3S, an Antminer S19 Pro), the broker on localhost:1883 if one answers or else an
+//! Supra, a v2.15 Gamma, a NerdQaxe++, an Avalon Nano 3S, an Antminer S19 Pro, an NMMiner), the broker on localhost:1883 if one answers or else an
 //! embedded one, the daemon, and a live table of what Home Assistant sees over MQTT.
 
 use crate::config::{self, Config, MinerKind, RawConfig, RawMiner};
@@ -109,6 +109,23 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     )
     .await?;
     names.push("antminer-s19");
+    // An NMMiner broadcasting from 127.0.0.2 to a UDP port of the daemon's.
+    let nm_listen: SocketAddr = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+    let nm_config_port = std::net::UdpSocket::bind("127.0.0.2:0")?
+        .local_addr()?
+        .port();
+    crate::sim::nmminer::start(
+        crate::sim::nmminer::NmSpec {
+            ip: "127.0.0.2".parse().expect("an IP"),
+            board: "NMLotto".into(),
+            config_port: nm_config_port,
+            interval: Duration::from_secs(2),
+        },
+        nm_listen,
+        cancel.clone(),
+    )
+    .await?;
+    names.push("nmminer-lotto");
 
     let broker = opts.broker;
     let embedded = if broker_answers(broker) {
@@ -138,6 +155,18 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         MinerKind::Antminer,
         &s19.addr.to_string(),
     ));
+    raw.nmminer.listen = nm_listen.to_string();
+    raw.nmminer.config_port = nm_config_port;
+    raw.nmminer.devices = vec![config::RawNmDevice {
+        ip: "127.0.0.2".into(),
+        name: Some("nmminer-lotto".into()),
+    }];
+    raw.pools = vec![config::RawPool {
+        url: "solo.ckpool.org".into(),
+        port: 3333,
+        user: "bc1qdemo.lotto".into(),
+        password: None,
+    }];
     let config: Config = config::from_figment(&Figment::from(Serialized::defaults(raw)))?;
 
     println!("miner2mqtt demo");
@@ -163,6 +192,7 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         "  antminer-s19       S19 Pro  cgminer {} (read-only)",
         s19.addr
     );
+    println!("  nmminer-lotto      NMLotto  UDP broadcasts from 127.0.0.2 to {nm_listen}");
     println!(
         "  Try: mosquitto_pub -h {} -p {} -t miner2mqtt/bitaxe-gamma/set/frequency -m 600",
         broker.ip(),

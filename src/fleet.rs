@@ -112,3 +112,64 @@ pub fn spawn_poller(
     });
     MinerHandle { commands: tx }
 }
+
+/// The command task of a miner that is not polled (NMMiner): pool selection goes out as a UDP
+/// datagram to the device's configuration port.
+pub fn spawn_datagram_commander(
+    miner: usize,
+    ip: String,
+    config_port: u16,
+    pools: Vec<crate::miner::axeos::ConfiguredPool>,
+    events: mpsc::Sender<FleetEvent>,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) -> MinerHandle {
+    let (tx, mut rx) = mpsc::channel::<Command>(16);
+    tracker.spawn(async move {
+        loop {
+            let command = tokio::select! {
+                _ = cancel.cancelled() => break,
+                c = rx.recv() => match c { Some(c) => c, None => break },
+            };
+            let result = match &command {
+                Command::SelectPool(label) => match pools.iter().find(|p| p.label() == *label) {
+                    Some(pool) => {
+                        let url = format!("stratum+tcp://{}:{}", pool.url, pool.port);
+                        let datagram = crate::miner::nmminer::pool_datagram(
+                            &ip,
+                            &url,
+                            &pool.user,
+                            &pool.password,
+                        );
+                        let target = format!("{ip}:{config_port}");
+                        match tokio::net::UdpSocket::bind("0.0.0.0:0").await {
+                            Ok(socket) => socket
+                                .send_to(&datagram, &target)
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| format!("udp://{target}: {e}")),
+                            Err(e) => Err(format!("cannot open a UDP socket: {e}")),
+                        }
+                    }
+                    None => Err(format!("pool {label:?} is not configured")),
+                },
+                other => Err(format!(
+                    "{} is not possible on an NMMiner",
+                    other.describe()
+                )),
+            };
+            if events
+                .send(FleetEvent::CommandDone {
+                    miner,
+                    command,
+                    result,
+                })
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    MinerHandle { commands: tx }
+}

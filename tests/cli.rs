@@ -195,14 +195,18 @@ async fn the_demo_brings_its_own_broker_when_none_answers() {
         })
         .await;
     }
+    ha.wait_for("miner2mqtt/nmminer-lotto/state", WAIT, |m| {
+        m.json()["hashrate_khs"].is_number()
+    })
+    .await;
     let discovered = ha
         .messages()
         .iter()
         .filter(|m| m.topic.starts_with("homeassistant/device/miner2mqtt/"))
         .count();
     assert!(
-        discovered >= 7,
-        "{discovered} discovery payloads (6 miners + bridge)"
+        discovered >= 8,
+        "{discovered} discovery payloads (7 miners + bridge)"
     );
     terminate(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(15)).success());

@@ -38,6 +38,9 @@ pub struct SensorPart {
     pub unit_of_measurement: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suggested_display_precision: Option<u8>,
+    /// Seconds after which HA shows the value as unavailable (broadcast devices).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expire_after: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -81,6 +84,8 @@ pub struct BinarySensorPart {
     pub payload_on: &'static str,
     pub payload_off: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub expire_after: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub device_class: Option<&'static str>,
 }
 
@@ -102,6 +107,7 @@ struct Builder<'a> {
     unique_prefix: String,
     entity_prefix: String,
     cmps: serde_json::Map<String, Value>,
+    expire_after: Option<u64>,
 }
 
 impl<'a> Builder<'a> {
@@ -142,6 +148,7 @@ impl<'a> Builder<'a> {
             state_class: spec.state,
             unit_of_measurement: spec.unit,
             suggested_display_precision: spec.precision,
+            expire_after: self.expire_after,
         };
         self.add(spec.key, base, part);
     }
@@ -282,6 +289,8 @@ pub struct MinerDevice<'a> {
     pub identity: &'a Identity,
     pub capabilities: &'a Capabilities,
     pub limits: &'a Limits,
+    /// Seconds of silence after which HA marks sensors unavailable (broadcast devices).
+    pub expire_after: Option<u64>,
 }
 
 /// The discovery topic and payload for one miner.
@@ -292,6 +301,7 @@ pub fn miner_discovery(topics: &Topics, m: &MinerDevice<'_>) -> (String, Value) 
         unique_prefix: format!("miner2mqtt_{oid}"),
         entity_prefix: slug(m.name),
         cmps: serde_json::Map::new(),
+        expire_after: m.expire_after,
     };
     for spec in MINER_SENSORS {
         if !m.capabilities.absent_sensors.contains(&spec.key) {
@@ -306,6 +316,7 @@ pub fn miner_discovery(topics: &Topics, m: &MinerDevice<'_>) -> (String, Value) 
             state_class: Some("measurement"),
             unit_of_measurement: extra.unit,
             suggested_display_precision: Some(1),
+            expire_after: b.expire_after,
         };
         b.add(&extra.key, base, part);
     }
@@ -326,6 +337,7 @@ pub fn miner_discovery(topics: &Topics, m: &MinerDevice<'_>) -> (String, Value) 
             BinarySensorPart {
                 payload_on: "ON",
                 payload_off: "OFF",
+                expire_after: b.expire_after,
                 device_class: Some("heat"),
             },
         );
@@ -475,6 +487,7 @@ pub fn bridge_discovery(topics: &Topics) -> (String, Value) {
         unique_prefix: bridge_device_id(topics),
         entity_prefix: format!("{}_bridge", slug(&topics.node)),
         cmps: serde_json::Map::new(),
+        expire_after: None,
     };
     let info = |b: &Builder| -> BTreeMap<&'static str, Value> {
         BTreeMap::from([("state_topic", Value::from(b.topics.bridge_info()))])
@@ -487,6 +500,7 @@ pub fn bridge_discovery(topics: &Topics) -> (String, Value) {
         let part = BinarySensorPart {
             payload_on: "online",
             payload_off: "offline",
+            expire_after: None,
             device_class: Some("connectivity"),
         };
         b.add_with("connection_state", base, part, extra);

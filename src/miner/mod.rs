@@ -11,6 +11,7 @@ pub mod asic;
 pub mod avalon;
 pub mod axeos;
 pub mod cgminer;
+pub mod nmminer;
 
 use serde::Serialize;
 use std::time::Duration;

@@ -4,6 +4,7 @@
 
 pub mod axeos;
 pub mod cgminer;
+pub mod nmminer;
 
 use std::net::SocketAddr;
 use tokio_util::sync::CancellationToken;
