@@ -17,9 +17,12 @@ use std::time::{Duration, Instant};
 /// Arguments of `miner2mqtt bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// How many simulated ESP-Miner miners.
+    /// How many simulated miners.
     #[arg(long, default_value_t = 20)]
     pub miners: u32,
+    /// Which family: axeos (ESP-Miner over HTTP) or avalon (cgminer over TCP).
+    #[arg(long, default_value = "axeos")]
+    pub kind: String,
     /// How often the daemon polls each miner.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
@@ -86,16 +89,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         eprintln!("bench: started an embedded broker on {}", args.broker);
     }
 
-    eprintln!("bench: starting {} simulated miners", args.miners);
+    let n = args.miners.to_string();
+    let sim_args: Vec<&str> = match args.kind.as_str() {
+        "axeos" => vec!["simulate", "--axeos", &n, "--firmware", "v2.12"],
+        "avalon" => vec!["simulate", "--axeos", "0", "--avalon", &n],
+        other => anyhow::bail!("--kind {other:?}: use axeos or avalon"),
+    };
+    eprintln!("bench: starting {n} simulated {} miners", args.kind);
     let mut sim = Kill(
         Command::new(&exe)
-            .args([
-                "simulate",
-                "--axeos",
-                &args.miners.to_string(),
-                "--firmware",
-                "v2.12",
-            ])
+            .args(&sim_args)
             .env("MINER2MQTT_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -129,7 +132,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         writeln!(f, "store: {{ path: {} }}", work.join("history").display())?;
         writeln!(f, "miners:")?;
         for (i, h) in hosts.iter().enumerate() {
-            writeln!(f, "  - {{ name: m{i}, kind: axeos, host: '{h}' }}")?;
+            writeln!(f, "  - {{ name: m{i}, kind: {}, host: '{h}' }}", args.kind)?;
         }
     }
 
@@ -232,9 +235,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     drop(daemon);
     drop(sim);
     let _ = std::fs::remove_dir_all(&work);
+    match clear_retained(args.broker, &[format!("{base}/#"), format!("{base}-ha/#")]).await {
+        Ok(n) => eprintln!("bench: cleared {n} retained messages it left on the broker"),
+        Err(e) => eprintln!("bench: could not clear its retained messages: {e}"),
+    }
 
     let expected = args.miners as f64 / args.interval.as_secs_f64();
-    println!("miners                 {}", args.miners);
+    println!("miners                 {} ({})", args.miners, args.kind);
     println!("poll interval          {:?}", args.interval);
     println!(
         "measured for           {secs:.0} s (after {:?} warm-up)",
@@ -260,4 +267,54 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("daemon peak RSS        {rss:.1} MiB");
     println!("MQTT messages/s        {:.1}", msgs / secs);
     Ok(())
+}
+
+/// Removes the retained messages under `filters` (what the bench's daemon left on the broker):
+/// every topic that arrives retained gets an empty retained payload. Returns how many.
+async fn clear_retained(broker: SocketAddr, filters: &[String]) -> anyhow::Result<usize> {
+    let mut options = MqttOptions::new(
+        format!("miner2mqtt-bench-clean-{}", std::process::id()),
+        broker.ip().to_string(),
+        broker.port(),
+    );
+    options.set_max_packet_size(crate::mqtt::MAX_PACKET, crate::mqtt::MAX_PACKET);
+    let (client, mut eventloop) = AsyncClient::new(options, 1024);
+    for f in filters {
+        client.subscribe(f.clone(), QoS::AtLeastOnce).await?;
+    }
+    let mut topics = std::collections::BTreeSet::new();
+    // Retained messages arrive right after the subscription; two quiet seconds end the harvest.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.retain && !p.payload.is_empty() => {
+                topics.insert(p.topic);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => anyhow::bail!("broker {broker}: {e}"),
+            Err(_) => break,
+        }
+    }
+    for f in filters {
+        client.unsubscribe(f.clone()).await?;
+    }
+    let publisher = client.clone();
+    let count = topics.len();
+    let send = tokio::spawn(async move {
+        for topic in topics {
+            publisher
+                .publish(topic, QoS::AtLeastOnce, true, Vec::<u8>::new())
+                .await?;
+        }
+        publisher.disconnect().await
+    });
+    // Drive the connection until the disconnect has gone out.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
+            Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    send.await??;
+    Ok(count)
 }

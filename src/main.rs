@@ -191,7 +191,7 @@ async fn simulate(
     } else {
         1
     };
-    let _ = rlimit::increase_nofile_limit(count as u64 * 3 + 1024);
+    let _ = rlimit::increase_nofile_limit((count + avalons) as u64 * 3 + 1024);
     let token = CancellationToken::new();
     on_signal(token.clone());
     let specs = (0..count)

@@ -226,3 +226,161 @@ async fn an_antminer_appears_with_sensors_only_and_refuses_every_command() {
         .all(|c| !c.starts_with("ascset")));
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn simulator_replies_have_the_shape_of_the_captures() {
+    fn kind(v: &serde_json::Value) -> &'static str {
+        match v {
+            serde_json::Value::Null => "null",
+            serde_json::Value::Bool(_) => "bool",
+            serde_json::Value::Number(_) => "number",
+            serde_json::Value::String(_) => "string",
+            serde_json::Value::Array(_) => "array",
+            serde_json::Value::Object(_) => "object",
+        }
+    }
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let nano = cgminer::start(
+        AvalonSpec::new(7, Model::Nano3),
+        "127.0.0.1:0".parse().unwrap(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let s19 = cgminer::start(
+        AvalonSpec::new(8, Model::S19pro),
+        "127.0.0.1:0".parse().unwrap(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    for (sim, command, fixture, list, index) in [
+        (
+            &nano,
+            "summary",
+            "cgminer-avalon/nano3_24071801_summary.json",
+            "SUMMARY",
+            0,
+        ),
+        (
+            &nano,
+            "stats",
+            "cgminer-avalon/nano3_24071801_stats.json",
+            "STATS",
+            0,
+        ),
+        (
+            &nano,
+            "version",
+            "cgminer-avalon/nano3s_25021401_version.json",
+            "VERSION",
+            0,
+        ),
+        (
+            &nano,
+            "pools",
+            "cgminer-avalon/avalonq_25052801_pools.json",
+            "POOLS",
+            0,
+        ),
+        (
+            &s19,
+            "summary",
+            "cgminer-antminer/s19pro_49.0.1.3_summary.json",
+            "SUMMARY",
+            0,
+        ),
+        (
+            &s19,
+            "stats",
+            "cgminer-antminer/s19pro_49.0.1.3_stats.json",
+            "STATS",
+            1,
+        ),
+        (
+            &s19,
+            "version",
+            "cgminer-antminer/s19pro_49.0.1.3_version.json",
+            "VERSION",
+            0,
+        ),
+        (
+            &s19,
+            "pools",
+            "cgminer-antminer/s19pro_49.0.1.3_pools.json",
+            "POOLS",
+            0,
+        ),
+    ] {
+        let real: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(fixture)).unwrap()).unwrap();
+        let api = CgminerClient::new(&sim.addr.to_string(), Duration::from_secs(2));
+        let ours = api.request(command, None).await.unwrap();
+        let (r, o) = (&real[list][index], &ours[list][index]);
+        let wrong: Vec<String> = r
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter_map(|(k, v)| match o.get(k) {
+                None => Some(format!("{k:?} missing")),
+                Some(mine) if kind(mine) != kind(v) => {
+                    Some(format!("{k:?} is {} not {}", kind(mine), kind(v)))
+                }
+                Some(_) => None,
+            })
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "{fixture}, the simulator's {command}: {wrong:?}"
+        );
+        assert_eq!(ours["STATUS"][0]["STATUS"], "S");
+    }
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn the_adapter_joins_commands_and_falls_back_to_the_plain_form() {
+    use miner2mqtt::miner::avalon::AvalonClient;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let sim = cgminer::start(
+        AvalonSpec::new(9, Model::Nano3s),
+        "127.0.0.1:0".parse().unwrap(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let mut client = AvalonClient::new(&sim.addr.to_string(), Duration::from_secs(2), None);
+    let r = client.poll().await.unwrap();
+    assert!(r.telemetry.hashrate.unwrap() > 1000.0);
+    assert!(
+        sim.snapshot()
+            .commands
+            .iter()
+            .any(|c| c == "summary+estats"),
+        "one connection for both"
+    );
+
+    // Firmware whose JSON is beyond repair still answers the plain form.
+    let broken = cgminer::start(
+        AvalonSpec::new(10, Model::Nano3s),
+        "127.0.0.1:0".parse().unwrap(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    broken.set_faults(AvalonFaults {
+        broken_json: true,
+        ..Default::default()
+    });
+    let mut client = AvalonClient::new(&broken.addr.to_string(), Duration::from_secs(2), None);
+    let r = client.poll().await.unwrap();
+    assert_eq!(
+        r.identity.hardware_id.as_deref(),
+        Some(broken.mac_string().as_str())
+    );
+    assert!(r.telemetry.hashrate.unwrap() > 1000.0);
+    assert_eq!(r.telemetry.work_mode.as_deref(), Some("medium"));
+    assert!(r.telemetry.power.is_some());
+    cancel.cancel();
+}

@@ -8,7 +8,7 @@
 //! `0,fan-spd,N` (15–100, −1 auto), `0,reboot,0`, and `setpool` with the web admin password.
 //! These devices have no `addpool`, `restart` or `softoff`: nothing here offers them.
 
-use super::cgminer::{blob_get, blob_numbers, parse_bracket_blob, CgminerClient};
+use super::cgminer::{blob_get, blob_numbers, parse_bracket_blob, plain_as_json, CgminerClient};
 use super::{Capabilities, Command, Identity, MinerError, PoolChoice, Reading, Telemetry};
 use serde_json::Value;
 use std::time::Duration;
@@ -26,6 +26,10 @@ pub struct AvalonClient {
     /// The fan duty last set by us; the firmware does not report manual vs auto.
     fan_manual: Option<Option<u8>>,
     last_fan_pct: Option<u8>,
+    /// Whether `summary+estats` works (unknown until tried).
+    joined: Option<bool>,
+    /// Whether the JSON form is unusable and the plain form works.
+    plain: bool,
 }
 
 impl AvalonClient {
@@ -38,17 +42,18 @@ impl AvalonClient {
             pools: Vec::new(),
             fan_manual: None,
             last_fan_pct: None,
+            joined: None,
+            plain: false,
         }
     }
 
     pub async fn poll(&mut self) -> Result<Reading, MinerError> {
         if self.version.is_none() {
-            let v = self.api.request("version", None).await?;
+            let v = self.read("version", "VERSION").await?;
             self.version = Some(v["VERSION"][0].clone());
         }
-        let summary = self.api.request("summary", None).await?;
-        let estats = self.api.request("estats", None).await?;
-        let pools = self.api.request("pools", None).await?;
+        let (summary, estats) = self.summary_and_estats().await?;
+        let pools = self.read("pools", "POOLS").await?;
         let version = self.version.clone().unwrap_or(Value::Null);
         let reading = parse_reading(
             &version,
@@ -61,6 +66,49 @@ impl AvalonClient {
         self.pools = pool_slots(&pools);
         self.last_fan_pct = reading.telemetry.fan_speed.map(|p| p.round() as u8);
         Ok(reading)
+    }
+
+    /// `summary+estats` in one connection where the firmware joins commands, else two.
+    async fn summary_and_estats(&mut self) -> Result<(Value, Value), MinerError> {
+        if self.joined != Some(false) && !self.plain {
+            match self.api.request("summary+estats", None).await {
+                Ok(v) if v["summary"][0].is_object() && v["estats"][0].is_object() => {
+                    self.joined = Some(true);
+                    return Ok((v["summary"][0].clone(), v["estats"][0].clone()));
+                }
+                // Refused or not understood: this firmware does not join.
+                Ok(_) | Err(MinerError::Malformed { .. }) => self.joined = Some(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((
+            self.read("summary", "SUMMARY").await?,
+            self.read("estats", "STATS").await?,
+        ))
+    }
+
+    /// A read command as JSON, falling back to the plain form when the JSON reply is beyond
+    /// repair (and staying with it).
+    async fn read(&mut self, command: &str, key: &str) -> Result<Value, MinerError> {
+        if self.plain {
+            let sections = self.api.request_plain(command, None).await?;
+            return Ok(plain_as_json(&sections, key));
+        }
+        match self.api.request(command, None).await {
+            Ok(v) => Ok(v),
+            Err(json_error @ MinerError::Malformed { .. }) => {
+                // Only a plain reply that works switches this miner to the plain form.
+                match self.api.request_plain(command, None).await {
+                    Ok(sections) => {
+                        tracing::info!(addr = %self.api.addr, command, "JSON replies are unreadable; using the plain form");
+                        self.plain = true;
+                        Ok(plain_as_json(&sections, key))
+                    }
+                    Err(_) => Err(json_error),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn execute(&mut self, command: &Command) -> Result<(), MinerError> {

@@ -126,22 +126,98 @@ pub fn parse_json_reply(raw: &[u8]) -> Result<Value, ReplyError> {
 pub type PlainSection = BTreeMap<String, String>;
 
 /// Parses the plain-text form: sections separated by `|`, fields by `,`, key and value by the
-/// first `=`. A field without `=` is kept with an empty value.
+/// first `=`. cgminer escapes `,` `|` `=` and `\` inside values with a backslash. A field
+/// without `=` is kept with an empty value.
 pub fn parse_plain_reply(raw: &[u8]) -> Vec<PlainSection> {
     let text = String::from_utf8_lossy(raw);
-    text.trim_matches(|c: char| c == '\0' || c.is_whitespace())
-        .split('|')
-        .filter(|s| !s.trim().is_empty())
-        .map(|section| {
+    let text = text.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+    let mut sections = Vec::new();
+    let mut section = PlainSection::new();
+    let (mut key, mut value) = (String::new(), String::new());
+    let mut in_value = false;
+    let mut chars = text.chars();
+    let flush_field =
+        |section: &mut PlainSection, key: &mut String, value: &mut String, in_value: &mut bool| {
+            if !key.trim().is_empty() {
+                section.insert(key.trim().to_string(), std::mem::take(value));
+            }
+            key.clear();
+            value.clear();
+            *in_value = false;
+        };
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(escaped) = chars.next() {
+                    if in_value {
+                        value.push(escaped)
+                    } else {
+                        key.push(escaped)
+                    }
+                }
+            }
+            '=' if !in_value => in_value = true,
+            ',' => flush_field(&mut section, &mut key, &mut value, &mut in_value),
+            '|' => {
+                flush_field(&mut section, &mut key, &mut value, &mut in_value);
+                if !section.is_empty() {
+                    sections.push(std::mem::take(&mut section));
+                }
+            }
+            c => {
+                if in_value {
+                    value.push(c)
+                } else {
+                    key.push(c)
+                }
+            }
+        }
+    }
+    flush_field(&mut section, &mut key, &mut value, &mut in_value);
+    if !section.is_empty() {
+        sections.push(section);
+    }
+    sections
+}
+
+/// A plain reply in the JSON reply's shape: `{"STATUS": [first section], key: [the rest]}`, with
+/// numbers and booleans typed, so the adapters read both forms the same way.
+pub fn plain_as_json(sections: &[PlainSection], key: &str) -> Value {
+    let typed = |section: &PlainSection| -> Value {
+        Value::Object(
             section
-                .split(',')
-                .map(|field| match field.split_once('=') {
-                    Some((k, v)) => (k.trim().to_string(), v.to_string()),
-                    None => (field.trim().to_string(), String::new()),
+                .iter()
+                .map(|(k, v)| {
+                    let value = match v.as_str() {
+                        "true" => Value::Bool(true),
+                        "false" => Value::Bool(false),
+                        _ => v
+                            .parse::<f64>()
+                            .ok()
+                            .filter(|f| f.is_finite())
+                            .and_then(|f| {
+                                if f.fract() == 0.0 && f.abs() < 9e15 {
+                                    Some(Value::from(f as i64))
+                                } else {
+                                    serde_json::Number::from_f64(f).map(Value::Number)
+                                }
+                            })
+                            .unwrap_or_else(|| Value::String(v.clone())),
+                    };
+                    (k.clone(), value)
                 })
-                .collect()
-        })
-        .collect()
+                .collect(),
+        )
+    };
+    let mut out = serde_json::Map::new();
+    if let Some(first) = sections.first() {
+        out.insert("STATUS".into(), Value::Array(vec![typed(first)]));
+    }
+    out.insert(
+        key.into(),
+        Value::Array(sections.iter().skip(1).map(typed).collect()),
+    );
+    Value::Object(out)
 }
 
 /// Splits an Avalon `MM ID0` blob, `Ver[…] DNA[…] PS[0 0 27541 4 0 3756 133] …`, into its pairs
@@ -210,8 +286,13 @@ impl CgminerClient {
         format!("cgminer://{}/{command}", self.addr)
     }
 
-    /// Sends `request` and returns the raw reply without its NUL.
-    pub async fn exchange(&self, command: &str, request: &[u8]) -> Result<Vec<u8>, MinerError> {
+    /// Sends `request` and returns the raw reply without its NUL, and whether the NUL came (a
+    /// reply that ends without it was cut short).
+    pub async fn exchange(
+        &self,
+        command: &str,
+        request: &[u8],
+    ) -> Result<(Vec<u8>, bool), MinerError> {
         let url = self.url(command);
         let work = async {
             let mut stream =
@@ -230,6 +311,7 @@ impl CgminerClient {
                 })?;
             let mut reply = Vec::with_capacity(4096);
             let mut buf = [0u8; 8192];
+            let mut terminated = false;
             loop {
                 let n = stream
                     .read(&mut buf)
@@ -243,6 +325,7 @@ impl CgminerClient {
                 }
                 if let Some(nul) = buf[..n].iter().position(|b| *b == 0) {
                     reply.extend_from_slice(&buf[..nul]);
+                    terminated = true;
                     break;
                 }
                 reply.extend_from_slice(&buf[..n]);
@@ -253,7 +336,7 @@ impl CgminerClient {
                     });
                 }
             }
-            Ok(reply)
+            Ok((reply, terminated))
         };
         tokio::time::timeout(self.timeout, work)
             .await
@@ -273,7 +356,8 @@ impl CgminerClient {
         if let Some(p) = parameter {
             body["parameter"] = p.into();
         }
-        let raw = self.exchange(command, body.to_string().as_bytes()).await?;
+        // JSON shows for itself whether it is complete; the NUL is not needed.
+        let (raw, _) = self.exchange(command, body.to_string().as_bytes()).await?;
         parse_json_reply(&raw).map_err(|e| self.reply_error(command, e))
     }
 
@@ -287,7 +371,14 @@ impl CgminerClient {
             Some(p) => format!("{command}|{p}"),
             None => command.to_string(),
         };
-        let raw = self.exchange(command, line.as_bytes()).await?;
+        let (raw, terminated) = self.exchange(command, line.as_bytes()).await?;
+        if !terminated {
+            // The plain form cannot show it is complete: without its NUL it was cut short.
+            return Err(self.reply_error(
+                command,
+                ReplyError::Json("plain reply cut short (no NUL)".into()),
+            ));
+        }
         let sections = parse_plain_reply(&raw);
         match sections.first() {
             None => Err(self.reply_error(command, ReplyError::Empty)),
@@ -344,6 +435,20 @@ mod tests {
             parse_json_reply(br#"{"STATUS":[{"STATUS":"E","Code":14,"Msg":"Invalid command"}]}"#)
                 .unwrap_err();
         assert!(e.to_string().contains("Invalid command") && e.to_string().contains("14"));
+    }
+
+    #[test]
+    fn plain_form_escapes_and_types() {
+        let sections = parse_plain_reply(b"STATUS=S,Code=70,Msg=CGMiner stats|STATS=0,MM ID0=SYSTEMSTATU[Work: In Work\\, Hash Board: 1] A\\=B\\|C,Ok=true,Rate=6598.84|\0");
+        assert_eq!(sections.len(), 2);
+        assert_eq!(
+            sections[1]["MM ID0"],
+            "SYSTEMSTATU[Work: In Work, Hash Board: 1] A=B|C"
+        );
+        let v = plain_as_json(&sections, "STATS");
+        assert_eq!(v["STATUS"][0]["Code"], 70);
+        assert_eq!(v["STATS"][0]["Ok"], true);
+        assert_eq!(v["STATS"][0]["Rate"], 6598.84);
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub struct AvalonFaults {
     pub truncate: bool,
     /// Connections closed at once.
     pub offline: bool,
+    /// JSON replies garbled beyond repair (the plain form still works).
+    pub broken_json: bool,
 }
 
 #[derive(Debug)]
@@ -472,7 +474,20 @@ async fn serve(
             v["parameter"].as_str().unwrap_or("").to_string(),
         )
     };
-    let reply = device.lock().unwrap().reply(&command, &parameter);
+    let mut reply = if command.contains('+') && !plain {
+        // Joined commands: each command's reply under its own name.
+        device.lock().unwrap().commands.push(command.clone());
+        let mut joined = serde_json::Map::new();
+        for c in command.split('+') {
+            let one = device.lock().unwrap().reply(c, "");
+            joined.insert(c.to_string(), Value::Array(vec![one]));
+        }
+        joined.insert("id".into(), json!(1));
+        Value::Object(joined)
+    } else {
+        device.lock().unwrap().reply(&command, &parameter)
+    };
+    complete(&mut reply, &command);
     let mut body = if plain {
         to_plain(&reply)
     } else {
@@ -488,6 +503,9 @@ async fn serve(
     if command == "stats" && model == Model::S19pro && !plain {
         // bmminer repeats keys in stats; the last one counts.
         body = body.replacen("\"temp_max\":0", "\"temp_max\":1,\"temp_max\":0", 1);
+    }
+    if f.broken_json && !plain {
+        body = body.replacen('"', "\u{1}", 3);
     }
     let mut bytes = body.into_bytes();
     if f.truncate {
@@ -525,6 +543,12 @@ fn to_plain(reply: &Value) -> String {
                         Value::String(s) => s.clone(),
                         other => other.to_string(),
                     };
+                    // cgminer escapes its separators inside values.
+                    let v = v
+                        .replace('\\', "\\\\")
+                        .replace(',', "\\,")
+                        .replace('|', "\\|")
+                        .replace('=', "\\=");
                     out.push_str(&format!("{k}={v}"));
                 }
                 out.push('|');
@@ -532,4 +556,96 @@ fn to_plain(reply: &Value) -> String {
         }
     }
     out
+}
+
+/// Adds to `reply[list][i]` the keys of `defaults` it lacks: the counters and settings the real
+/// firmware reports that the simulation does not model, so payloads keep the captured shape.
+fn fill(reply: &mut Value, list: &str, index: usize, defaults: Value) {
+    let (Some(target), Value::Object(defaults)) = (
+        reply[list].get_mut(index).and_then(Value::as_object_mut),
+        defaults,
+    ) else {
+        return;
+    };
+    for (k, v) in defaults {
+        target.entry(k).or_insert(v);
+    }
+}
+
+fn summary_defaults() -> Value {
+    json!({ "Getworks": 8828, "Getwork": 3957, "Utility": 12.9, "Discarded": 0, "Stale": 0, "Get Failures": 0,
+        "Local Work": 44544, "Remote Failures": 0, "Network Blocks": 170, "Total MH": 309728599813.0,
+        "Work Utility": 42608.85, "Difficulty Accepted": 72177677.0, "Difficulty Rejected": 46931.0,
+        "Difficulty Stale": 0.0, "Device Hardware%": 0.0002, "Device Rejected%": 0.065, "Last getwork": 0 })
+}
+
+fn pool_defaults() -> Value {
+    json!({ "Quota": 1, "Long Poll": "N", "Getworks": 0, "Works": 0, "Discarded": 0, "Stale": 0, "Get Failures": 0,
+        "Remote Failures": 0, "Rejected": 0, "Password": "", "Last Share Time": 0, "Diff1 Shares": 0, "Proxy Type": "", "Proxy": "",
+        "Difficulty Accepted": 0.0, "Difficulty Rejected": 0.0, "Difficulty Stale": 0.0, "Last Share Difficulty": 0.0,
+        "Work Difficulty": 0.0, "Has Stratum": true, "Stratum URL": "", "Stratum Difficulty": 0.0, "Has Vmask": true,
+        "Has GBT": false, "Best Share": 0.0, "Pool Rejected%": 0.0, "Pool Stale%": 0.0, "Bad Work": 0,
+        "Current Block Height": 0, "Current Block Version": 0 })
+}
+
+fn stats_defaults() -> Value {
+    json!({ "Calls": 0, "Wait": 0.0, "Max": 0.0, "Min": 99999999.0, "Nonce Mask": 1 })
+}
+
+/// Gives each reply the rest of the fields the real firmware sends.
+fn complete(reply: &mut Value, command: &str) {
+    if command.contains('+') {
+        for c in command.split('+') {
+            if let Some(inner) = reply.get_mut(c).and_then(|v| v.get_mut(0)) {
+                complete(inner, c);
+            }
+        }
+        return;
+    }
+    let antminer = reply["STATS"][0].get("BMMiner").is_some()
+        || reply["SUMMARY"][0].get("GHS 5s").is_some()
+        || reply["POOLS"][0].get("Diff").is_some();
+    match command {
+        "summary" => fill(reply, "SUMMARY", 0, summary_defaults()),
+        "stats" | "estats" => {
+            let index = if antminer { 1 } else { 0 };
+            fill(reply, "STATS", index, stats_defaults());
+            if antminer {
+                let mut extra = serde_json::Map::new();
+                for n in 1..=4 {
+                    let empty = n == 4;
+                    extra.insert(
+                        format!("temp_pcb{n}"),
+                        json!(if empty { "0-0-0-0" } else { "73-45-64-65" }),
+                    );
+                    extra.insert(
+                        format!("temp_pic{n}"),
+                        json!(if empty { "0-0-0-0" } else { "63-35-54-55" }),
+                    );
+                    extra.insert(
+                        format!("chain_acs{n}"),
+                        json!(if empty { "" } else { " ooo ooo ooo ooo" }),
+                    );
+                    extra.insert(format!("chain_hw{n}"), json!(if empty { 0 } else { 183 }));
+                }
+                extra.insert("no_matching_work".into(), json!(562));
+                fill(reply, "STATS", 1, Value::Object(extra));
+            }
+        }
+        "pools" => {
+            let n = reply["POOLS"].as_array().map_or(0, Vec::len);
+            for i in 0..n {
+                let mut defaults = pool_defaults();
+                if antminer {
+                    // bmminer's own spellings.
+                    defaults["Pool Stale%%"] = json!(0.0);
+                    if let Some(o) = defaults.as_object_mut() {
+                        o.remove("Pool Stale%");
+                    }
+                }
+                fill(reply, "POOLS", i, defaults);
+            }
+        }
+        _ => {}
+    }
 }
