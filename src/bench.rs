@@ -97,7 +97,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     eprintln!("bench: starting {n} simulated {} miners", args.kind);
     let mut sim = Kill(
-        Command::new(&exe)
+        child(&exe)
             .args(&sim_args)
             .env("MINER2MQTT_LOG", "warn")
             .stdout(Stdio::piped())
@@ -123,6 +123,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
 
     let base = format!("m2mbench{}", std::process::id());
+    eprintln!("bench: topics under {base}/ and {base}-ha/");
     let config = work.join("config.yaml");
     {
         let mut f = std::fs::File::create(&config)?;
@@ -181,7 +182,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.interval
     );
     let daemon = Kill(
-        Command::new(&exe)
+        child(&exe)
             .args(["run", "--config"])
             .arg(&config)
             .env("MINER2MQTT_LOG", "warn")
@@ -270,8 +271,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Removes the retained messages under `filters` (what the bench's daemon left on the broker):
-/// every topic that arrives retained gets an empty retained payload. Returns how many.
+/// every topic that arrives retained gets an empty retained payload. A broker hands a new
+/// subscriber only so many messages at once (Mosquitto queues 1,000), so this goes round until a
+/// round finds nothing. Returns how many were cleared.
 async fn clear_retained(broker: SocketAddr, filters: &[String]) -> anyhow::Result<usize> {
+    // A topic whose clearing is still in flight may be seen again next round: count each once.
+    let mut cleared = std::collections::BTreeSet::new();
+    for _ in 0..100 {
+        let round = clear_retained_once(broker, filters).await?;
+        if round.is_empty() {
+            break;
+        }
+        cleared.extend(round);
+    }
+    Ok(cleared.len())
+}
+
+async fn clear_retained_once(
+    broker: SocketAddr,
+    filters: &[String],
+) -> anyhow::Result<std::collections::BTreeSet<String>> {
     let mut options = MqttOptions::new(
         format!("miner2mqtt-bench-clean-{}", std::process::id()),
         broker.ip().to_string(),
@@ -298,7 +317,7 @@ async fn clear_retained(broker: SocketAddr, filters: &[String]) -> anyhow::Resul
         client.unsubscribe(f.clone()).await?;
     }
     let publisher = client.clone();
-    let count = topics.len();
+    let cleared = topics.clone();
     let send = tokio::spawn(async move {
         for topic in topics {
             publisher
@@ -316,5 +335,20 @@ async fn clear_retained(broker: SocketAddr, filters: &[String]) -> anyhow::Resul
         }
     }
     send.await??;
-    Ok(count)
+    Ok(cleared)
+}
+
+/// A child command that dies with the bench, however the bench ends (Ctrl-C included): no
+/// orphaned simulator or daemon keeps publishing to the broker.
+fn child(exe: &std::path::Path) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(exe);
+    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    command
 }
