@@ -337,23 +337,7 @@ fn string(obj: &Map<String, Value>, key: &str) -> Option<String> {
 pub fn difficulty(value: &Value) -> Option<f64> {
     match value {
         Value::Number(n) => n.as_f64(),
-        Value::String(s) => {
-            let s = s.trim();
-            let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
-            let (num, suffix) = s.split_at(split);
-            let num: f64 = num.trim().parse().ok()?;
-            let scale = match suffix.trim() {
-                "" => 1.0,
-                "k" | "K" => 1e3,
-                "M" => 1e6,
-                "G" => 1e9,
-                "T" => 1e12,
-                "P" => 1e15,
-                "E" => 1e18,
-                _ => return None,
-            };
-            Some(num * scale)
-        }
+        Value::String(s) => super::si_number(s),
         _ => None,
     }
 }

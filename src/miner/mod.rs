@@ -167,6 +167,30 @@ pub struct Capabilities {
     pub extra_sensors: Vec<ExtraSensor>,
 }
 
+/// A number written with an SI suffix, as miners print hashrates and difficulties: `"13M"`,
+/// `"572.14 M"`, `"483k"`, `"113.13K"`, `"1.0154MH/s"`, `"0"` → the plain number. A trailing
+/// `H/s` or `H` is ignored.
+pub fn si_number(text: &str) -> Option<f64> {
+    let t = text
+        .trim()
+        .trim_end_matches("/s")
+        .trim_end_matches(['H', 'h']);
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, suffix) = t.split_at(split);
+    let n: f64 = num.trim().parse().ok()?;
+    let scale = match suffix.trim() {
+        "" => 1.0,
+        "k" | "K" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        _ => return None,
+    };
+    Some(n * scale)
+}
+
 /// One poll: the identity, the readings and the capabilities seen on the device now.
 #[derive(Debug, Clone)]
 pub struct Reading {

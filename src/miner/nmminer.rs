@@ -19,26 +19,7 @@ pub struct Status {
     pub reading: Reading,
 }
 
-/// `"113.13K"`, `"1.0154MH/s"`, `"89.47T"`, `"0.001"` → the plain number.
-pub fn si_number(text: &str) -> Option<f64> {
-    let t = text
-        .trim()
-        .trim_end_matches("/s")
-        .trim_end_matches(['H', 'h']);
-    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
-    let (num, suffix) = t.split_at(split);
-    let n: f64 = num.trim().parse().ok()?;
-    let scale = match suffix.trim() {
-        "" => 1.0,
-        "k" | "K" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        _ => return None,
-    };
-    Some(n * scale)
-}
+pub use super::si_number;
 
 /// `"1/138"` and `"0/0/0.0%"` → (accepted, rejected). The two-number form is rejected/accepted;
 /// when a rate is given, the order that agrees with it wins.
