@@ -3,16 +3,18 @@
 //! Module map (data flows top to bottom):
 //! - [`config`]: figment layering (defaults < YAML < `MINER2MQTT_*`) and the validated `Config`.
 //! - [`miner`]: the device model (`Telemetry`, `Identity`, `Capabilities`, `Command`) and one
-//!   adapter per family behind `MinerClient` (`axeos`: Bitaxe and NerdQaxe++; `avalon` over
-//!   `cgminer`: Avalon Nano 3/3S); [`miner::asic`] holds the per-ASIC limits.
+//!   adapter per family behind `MinerClient`: `axeos` (Bitaxe, NerdQaxe++ over HTTP), `avalon`
+//!   and `antminer` (over the `cgminer` TCP client), `nmminer` (UDP broadcasts, handled by the
+//!   daemon since there is nothing to poll); [`miner::asic`] holds the per-ASIC limits.
 //! - [`safety`]: the limits every command is checked against before it can reach a miner.
-//! - [`fleet`]: one poller task per miner, with its serialised command queue.
+//! - [`fleet`]: one poller task per miner, with its serialised command queue (a command-only task
+//!   for broadcast devices).
 //! - [`store`]: the sled history of every sample, tagged with its clock config.
 //! - [`mqtt`]: the MQTT session (will, birth, resubscribe on every ConnAck, outbound queue).
 //! - [`hass`]: Home Assistant discovery payloads, state JSON and command parsing.
 //! - [`daemon`]: wires the above together and owns the shutdown order.
-//! - [`sim`]: faithful simulators of the devices (ESP-Miner over HTTP, Avalon over cgminer TCP),
-//!   sharing no code with the adapters.
+//! - [`sim`]: faithful simulators of the devices (ESP-Miner over HTTP; Avalon and Antminer over
+//!   cgminer TCP; NMMiner broadcasts over UDP), sharing no code with the adapters.
 //! - [`demo`] and [`bench`]: the one-command demo and the load benchmark.
 
 // serde_json's json! macro recurses once per token; the simulators' payloads are large.
