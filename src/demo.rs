@@ -109,23 +109,13 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     )
     .await?;
     names.push("antminer-s19");
-    // An NMMiner broadcasting from 127.0.0.2 to a UDP port of the daemon's.
-    let nm_listen: SocketAddr = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
-    let nm_config_port = std::net::UdpSocket::bind("127.0.0.2:0")?
-        .local_addr()?
-        .port();
-    crate::sim::nmminer::start(
-        crate::sim::nmminer::NmSpec {
-            ip: "127.0.0.2".parse().expect("an IP"),
-            board: "NMLotto".into(),
-            config_port: nm_config_port,
-            interval: Duration::from_secs(2),
-        },
-        nm_listen,
-        cancel.clone(),
-    )
-    .await?;
-    names.push("nmminer-lotto");
+    // An NMMiner broadcasting from 127.0.0.2 to a UDP port of the daemon's. Systems where
+    // 127.0.0.2 is not a loopback address run the demo without it.
+    let nm = start_demo_nmminer(&cancel).await;
+    match &nm {
+        Ok(_) => names.push("nmminer-lotto"),
+        Err(e) => eprintln!("demo: running without the simulated NMMiner: {e}"),
+    }
 
     let broker = opts.broker;
     let embedded = if broker_answers(broker) {
@@ -155,12 +145,14 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         MinerKind::Antminer,
         &s19.addr.to_string(),
     ));
-    raw.nmminer.listen = nm_listen.to_string();
-    raw.nmminer.config_port = nm_config_port;
-    raw.nmminer.devices = vec![config::RawNmDevice {
-        ip: "127.0.0.2".into(),
-        name: Some("nmminer-lotto".into()),
-    }];
+    if let Ok((nm_listen, nm_config_port)) = &nm {
+        raw.nmminer.listen = nm_listen.to_string();
+        raw.nmminer.config_port = *nm_config_port;
+        raw.nmminer.devices = vec![config::RawNmDevice {
+            ip: "127.0.0.2".into(),
+            name: Some("nmminer-lotto".into()),
+        }];
+    }
     raw.pools = vec![config::RawPool {
         url: "solo.ckpool.org".into(),
         port: 3333,
@@ -192,7 +184,9 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         "  antminer-s19       S19 Pro  cgminer {} (read-only)",
         s19.addr
     );
-    println!("  nmminer-lotto      NMLotto  UDP broadcasts from 127.0.0.2 to {nm_listen}");
+    if let Ok((nm_listen, _)) = &nm {
+        println!("  nmminer-lotto      NMLotto  UDP broadcasts from 127.0.0.2 to {nm_listen}");
+    }
     println!(
         "  Try: mosquitto_pub -h {} -p {} -t miner2mqtt/bitaxe-gamma/set/frequency -m 600",
         broker.ip(),
@@ -297,4 +291,24 @@ fn print_table(
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{out}");
     let _ = stdout.flush();
+}
+
+/// Starts the demo's NMMiner; returns the daemon's listen address and the device's config port.
+async fn start_demo_nmminer(cancel: &CancellationToken) -> std::io::Result<(SocketAddr, u16)> {
+    let listen = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+    let config_port = std::net::UdpSocket::bind("127.0.0.2:0")?
+        .local_addr()?
+        .port();
+    crate::sim::nmminer::start(
+        crate::sim::nmminer::NmSpec {
+            ip: "127.0.0.2".parse().expect("an IP"),
+            board: "NMLotto".into(),
+            config_port,
+            interval: Duration::from_secs(2),
+        },
+        listen,
+        cancel.clone(),
+    )
+    .await?;
+    Ok((listen, config_port))
 }
