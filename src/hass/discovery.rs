@@ -241,18 +241,7 @@ pub const MINER_SENSORS: &[SensorSpec] = &[
     spec("pool", "Pool", None, None, None, None, Some("mdi:server-network"), false),
 ];
 
-/// `bitaxe-1` → `bitaxe_1`, as HA would slug it.
-pub fn slug(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
+pub use crate::miner::slug;
 
 /// The discovery object id (and unique-id stem) of a miner.
 pub fn object_id(hardware_id: &str) -> String {

@@ -167,6 +167,20 @@ pub struct Capabilities {
     pub extra_sensors: Vec<ExtraSensor>,
 }
 
+/// `bitaxe-1` → `bitaxe_1`: lower-case letters and digits, everything else `_` (as Home
+/// Assistant slugs names; also safe as a topic level and an id).
+pub fn slug(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// A number written with an SI suffix, as miners print hashrates and difficulties: `"13M"`,
 /// `"572.14 M"`, `"483k"`, `"113.13K"`, `"1.0154MH/s"`, `"0"` → the plain number. A trailing
 /// `H/s` or `H` is ignored.

@@ -137,18 +137,7 @@ pub fn parse_status(datagram: &[u8], pools: &[String]) -> Result<Status, String>
 
 /// The hardware id of a device: its IP and board, e.g. `nm_192_168_1_101_nmlotto`.
 pub fn object_id(ip: &str, board: &str) -> String {
-    let clean = |s: &str| -> String {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect()
-    };
-    format!("nm_{}_{}", clean(ip), clean(board))
+    format!("nm_{}_{}", super::slug(ip), super::slug(board))
 }
 
 /// The configuration datagram that points a device at a pool. Only pool fields are sent:
