@@ -310,7 +310,8 @@ impl CgminerClient {
                     reason: format!("sending the request: {e}"),
                 })?;
             let mut reply = Vec::with_capacity(4096);
-            let mut buf = [0u8; 8192];
+            // On the heap: an inline array would sit in every poller's future, whatever its family.
+            let mut buf = vec![0u8; 8192];
             let mut terminated = false;
             loop {
                 let n = stream
