@@ -424,6 +424,29 @@ pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
+/// Only the `mqtt:` section of `path` (when given) and of the environment, for commands that
+/// bring their own miners (the demo) but use the user's broker and credentials.
+pub fn load_mqtt(path: Option<&Path>) -> Result<RawMqtt, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
+    if let Some(path) = path {
+        if !path.exists() {
+            return Err(ConfigError::Missing(path.to_path_buf()));
+        }
+        figment = figment.merge(Yaml::file(path));
+    }
+    let figment = figment.merge(env_provider());
+    let mut mqtt: RawMqtt = figment.extract_inner("mqtt").map_err(|e| {
+        let msgs: Vec<String> = e.into_iter().map(|e| describe_figment_error(&e)).collect();
+        ConfigError::Parse(msgs.join("; "))
+    })?;
+    if mqtt.password_file.is_none() {
+        if let Ok(raw) = std::env::var("MINER2MQTT_MQTT__PASSWORD") {
+            mqtt.password = Some(Secret(raw));
+        }
+    }
+    Ok(mqtt)
+}
+
 /// The environment layer: `MINER2MQTT_MQTT__HOST` → `mqtt.host`.
 pub fn env_provider() -> Env {
     Env::prefixed("MINER2MQTT_")

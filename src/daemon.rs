@@ -38,6 +38,13 @@ pub enum Exit {
 /// Changes the process's log filter; `main` passes one built on tracing-subscriber's reload.
 pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
+/// How long after publishing new discovery a miner's state goes out again, for the entities
+/// Home Assistant has created from it in the meantime.
+const RESTATE_AFTER_DISCOVERY: Duration = Duration::from_secs(5);
+
+/// How long a running daemon has to answer the start-up check for another instance.
+const INSTANCE_CHECK_WAIT: Duration = Duration::from_millis(1200);
+
 /// How long retained discovery may take to arrive after a ConnAck before we compare with it.
 const RETAINED_SETTLE: Duration = Duration::from_millis(750);
 /// How often bridge/info and bridge/miners may be republished when they change; a large fleet's
@@ -61,6 +68,9 @@ struct Slot {
     hardware_id: Option<String>,
     store_number: Option<u32>,
     warned: HashSet<String>,
+    /// When to publish state again after new discovery: Home Assistant subscribes to the state
+    /// topic only once it has created the entities, and state is not retained.
+    restate_at: Option<Instant>,
 }
 
 struct Hub {
@@ -78,6 +88,9 @@ struct Hub {
     info_at: Instant,
     /// Hash of the retained payload on each of our discovery topics, as the broker has it.
     retained: HashMap<String, u64>,
+    /// The discovery topics this daemon has published (kept in the store): stale clearing
+    /// never touches any other, whoever else publishes under the same prefix.
+    owned: HashSet<String>,
     log_level: String,
     log_control: Option<LogControl>,
     exit: Option<Exit>,
@@ -93,6 +106,9 @@ struct Hub {
     last_heard: HashMap<usize, Instant>,
     /// NMMiner IPs heard but not accepted, logged once each.
     ignored: HashSet<String>,
+    /// Who this daemon is (host, pid, start time), told to whoever asks for a health check, so
+    /// a second instance can say which one holds the base topic.
+    instance: Value,
 }
 
 fn payload_hash(bytes: &[u8]) -> u64 {
@@ -113,8 +129,28 @@ pub async fn run(
     cancel: CancellationToken,
     log_control: Option<LogControl>,
 ) -> anyhow::Result<Exit> {
-    let store = Store::open(&config.store_path, config.store_cache_bytes)?;
     let topics = Topics::new(&config.mqtt.base_topic, &config.mqtt.discovery_prefix);
+    if config.miners.is_empty() && config.nmminer.is_none() {
+        anyhow::bail!("the configuration lists no miners, so there is nothing to do: add them under miners: (or nmminer.devices, or nmminer.accept_all: true for NMMiner broadcasts); nothing was published or cleared");
+    }
+    // Another daemon on the same base topic would have every command applied twice, and the
+    // two would mark each other's bridge offline: refuse to be the second.
+    if let Some(live) =
+        mqtt::find_live_instance(&config.mqtt, &topics.base, INSTANCE_CHECK_WAIT).await?
+    {
+        let other = &live.answer["data"]["instance"];
+        let who = match (other["host"].as_str(), other["pid"].as_u64()) {
+            (Some(host), Some(pid)) => format!(" (on {host}, process {pid})"),
+            _ => String::new(),
+        };
+        anyhow::bail!(
+            "another miner2mqtt{who} is already running on base topic {:?} at {}:{}; stop it first, or, to run two (for example to split a large fleet), give each its own mqtt.base_topic and mqtt.client_id",
+            topics.base,
+            config.mqtt.host,
+            config.mqtt.port
+        );
+    }
+    let store = Store::open(&config.store_path, config.store_cache_bytes)?;
 
     let tracker = TaskTracker::new();
     let pollers = cancel.child_token();
@@ -186,7 +222,13 @@ pub async fn run(
             hardware_id: store.hardware_id_of(&m.name),
             store_number: None,
             warned: HashSet::new(),
+            restate_at: None,
         });
+    }
+    // What we published before; miners known by name from earlier runs were ours too.
+    let mut owned: HashSet<String> = store.owned_discovery().into_iter().collect();
+    for (_, hwid) in store.names() {
+        owned.insert(topics.discovery(&discovery::object_id(&hwid)));
     }
     tracing::info!(miners = slots.len(), broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port), "miner2mqtt started");
 
@@ -204,6 +246,7 @@ pub async fn run(
         info_dirty: true,
         info_at: Instant::now(),
         retained: HashMap::new(),
+        owned,
         log_control,
         exit: None,
         store_failing: false,
@@ -214,6 +257,13 @@ pub async fn run(
         pollers: pollers.clone(),
         last_heard: HashMap::new(),
         ignored: HashSet::new(),
+        instance: json!({
+            "host": std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default(),
+            "pid": std::process::id(),
+            "started": millis(SystemTime::now()),
+        }),
     };
 
     // NMMiner telemetry arrives as broadcasts; a bind failure is reported and the rest runs on.
@@ -297,8 +347,13 @@ impl Hub {
         }
     }
 
-    fn on_reading(&mut self, i: usize, at: SystemTime, reading: Reading) {
+    fn on_reading(&mut self, i: usize, at: SystemTime, mut reading: Reading) {
         self.polls_ok += 1;
+        // A select's state must be one of its options: the pool the device is really on belongs
+        // in the list even when it is not one the user configured (selecting it changes nothing).
+        reading
+            .capabilities
+            .include_current_pool(reading.telemetry.pool.as_deref());
         let slot = &mut self.slots[i];
         slot.failures = 0;
         let hwid = reading
@@ -433,6 +488,7 @@ impl Hub {
                     limits: None,
                     store_number: None,
                     warned: HashSet::new(),
+                    restate_at: None,
                 });
                 i
             }
@@ -511,39 +567,85 @@ impl Hub {
     }
 
     fn on_set(&mut self, name: &str, property: &str, payload: &[u8]) {
+        let value = command::clip(payload);
         let Some(i) = self.slots.iter().position(|s| s.config.name == name) else {
-            self.event(json!({ "type": "command_rejected", "miner": name, "property": property,
-                "value": String::from_utf8_lossy(payload), "reason": format!("no miner is named {name:?}") }));
+            self.event(
+                json!({ "type": "command_rejected", "miner": name, "property": property,
+                "value": value, "reason": format!("no miner is named {name:?}") }),
+            );
             return;
         };
-        let value = String::from_utf8_lossy(payload).into_owned();
-        let verdict = match &self.slots[i].limits {
-            None => Err("the miner has not been read yet, so its limits are unknown; try again after it appears online".to_string()),
-            Some(limits) => std::str::from_utf8(payload)
-                .map_err(|_| "the payload is not UTF-8 text".to_string())
-                .and_then(|p| command::parse(property, p, limits))
-                .and_then(|cmd| limits.check(&cmd).map(|()| cmd)),
+        let verdict = if payload.len() > command::MAX_PAYLOAD {
+            Err(format!(
+                "a {property} command is a short value, not {} bytes",
+                payload.len()
+            ))
+        } else {
+            match &self.slots[i].limits {
+                None => Err("the miner has not been read yet, so its limits are unknown; try again after it appears online".to_string()),
+                Some(limits) => std::str::from_utf8(payload)
+                    .map_err(|_| "the payload is not UTF-8 text".to_string())
+                    .and_then(|p| command::parse(property, p, limits))
+                    .and_then(|cmd| limits.check(&cmd).map(|()| cmd)),
+            }
         };
         let verdict = verdict.and_then(|cmd: Command| {
             if self.slots[i].online != Some(true) {
                 return Err("the miner is offline".to_string());
             }
-            self.slots[i].handle.submit(cmd.clone()).map(|()| cmd)
+            Ok(cmd)
         });
         match verdict {
-            Ok(cmd) => tracing::info!(miner = %name, command = %cmd.describe(), "command queued"),
-            Err(reason) => {
-                tracing::warn!(miner = %name, property, value = %value, %reason, "command refused");
-                self.event(json!({ "type": "command_rejected", "miner": name, "property": property, "value": value, "reason": reason }));
-                // The entity snaps back to the device's real value.
+            Ok(Command::SelectPool(label))
+                if self.slots[i]
+                    .reading
+                    .as_ref()
+                    .and_then(|r| r.telemetry.pool.as_deref())
+                    == Some(label.as_str()) =>
+            {
+                // Already on it: nothing to send, and no restart for nothing.
+                tracing::info!(miner = %name, pool = %label, "already on that pool");
                 self.publish_state(i);
             }
+            Ok(cmd) => match self.slots[i].handle.submit(cmd.clone()) {
+                Ok(()) => {
+                    tracing::info!(miner = %name, command = %cmd.describe(), "command queued")
+                }
+                Err(reason) => self.refuse(i, name, property, &value, &reason),
+            },
+            Err(reason) => self.refuse(i, name, property, &value, &reason),
         }
     }
 
+    /// Tells the user why a command was not sent, and snaps the entity back to the device's value.
+    fn refuse(&mut self, i: usize, name: &str, property: &str, value: &str, reason: &str) {
+        tracing::warn!(miner = %name, property, value, reason, "command refused");
+        self.event(json!({ "type": "command_rejected", "miner": name, "property": property, "value": value, "reason": reason }));
+        self.publish_state(i);
+    }
+
     fn on_request(&mut self, action: &str, payload: &[u8]) {
-        let parsed: Value = serde_json::from_slice(payload).unwrap_or_else(|_| {
-            let text = String::from_utf8_lossy(payload).trim().to_string();
+        if payload.len() > command::MAX_PAYLOAD {
+            tracing::warn!(
+                action,
+                bytes = payload.len(),
+                "oversized bridge request ignored"
+            );
+            let response = json!({ "data": {}, "status": "error",
+                "error": format!("a request is a small JSON object, not {} bytes", payload.len()) });
+            self.mqtt.publish(
+                self.topics.bridge_response(action),
+                response.to_string(),
+                false,
+            );
+            return;
+        }
+        // A JSON object, or a bare value (the bridge's select and button send plain text).
+        let request: Option<Value> = serde_json::from_slice(payload)
+            .ok()
+            .filter(Value::is_object);
+        let text = String::from_utf8_lossy(payload).trim().to_string();
+        let parsed = request.clone().unwrap_or_else(|| {
             if text.is_empty() {
                 json!({})
             } else {
@@ -551,37 +653,54 @@ impl Hub {
             }
         });
         let transaction = parsed.get("transaction").cloned();
-        let value = parsed
-            .get("value")
-            .cloned()
-            .or_else(|| parsed.as_str().map(Value::from));
+        let value = parsed.get("value").cloned();
         let result: Result<Value, String> = match action {
-            "log_level" => match value.as_ref().and_then(Value::as_str) {
-                Some(level) if LOG_LEVELS.contains(&level) => {
-                    let applied = match &self.log_control {
-                        Some(ctl) => ctl(level),
-                        None => Ok(()),
-                    };
-                    applied.map(|()| {
-                        tracing::info!(level, "log level changed");
-                        self.log_level = level.to_string();
-                        self.info_dirty = true;
-                        json!({ "value": level })
-                    })
+            "log_level" => {
+                let asked = value
+                    .as_ref()
+                    .and_then(Value::as_str)
+                    .map(str::to_ascii_lowercase);
+                match asked.as_deref() {
+                    Some(level) if LOG_LEVELS.contains(&level) => {
+                        let applied = match &self.log_control {
+                            Some(ctl) => ctl(level),
+                            None => Ok(()),
+                        };
+                        applied.map(|()| {
+                            tracing::info!(level, "log level changed");
+                            self.log_level = level.to_string();
+                            self.info_dirty = true;
+                            json!({ "value": level })
+                        })
+                    }
+                    Some(_) => Err(format!(
+                        "log_level takes one of {}, got {}",
+                        LOG_LEVELS.join(", "),
+                        command::quote(payload)
+                    )),
+                    None => Err(format!(
+                        "log_level takes one of {} (as the payload, or {{\"value\": \"debug\"}})",
+                        LOG_LEVELS.join(", ")
+                    )),
                 }
-                other => Err(format!(
-                    "log_level takes one of {}, got {:?}",
-                    LOG_LEVELS.join(", "),
-                    other
-                )),
-            },
+            }
             "restart" => {
-                tracing::info!("restart requested over MQTT");
-                self.exit = Some(Exit::Restart);
-                Ok(json!({}))
+                let pressed =
+                    text.eq_ignore_ascii_case("press") || text.eq_ignore_ascii_case("restart");
+                if request.is_some() || pressed {
+                    tracing::info!("restart requested over MQTT");
+                    self.exit = Some(Exit::Restart);
+                    Ok(json!({}))
+                } else {
+                    Err(format!(
+                        "restart takes PRESS (the button's payload) or a JSON request such as {{}}, got {}",
+                        command::quote(payload)
+                    ))
+                }
             }
             "health_check" => Ok(json!({
                 "healthy": true,
+                "instance": self.instance,
                 "miners": self.slots.len(),
                 "miners_online": self.slots.iter().filter(|s| s.online == Some(true)).count(),
                 "polls_ok": self.polls_ok,
@@ -589,9 +708,13 @@ impl Hub {
             })),
             "history" => self.history(&parsed),
             other => Err(format!(
-                "unknown request {other:?}; known: log_level, restart, health_check, history"
+                "unknown request {}; known: log_level, restart, health_check, history",
+                command::quote(other.as_bytes())
             )),
         };
+        if let Err(error) = &result {
+            tracing::warn!(action = %command::quote(action.as_bytes()), %error, "bridge request refused");
+        }
         let mut response = match result {
             Ok(data) => json!({ "data": data, "status": "ok" }),
             Err(error) => json!({ "data": {}, "status": "error", "error": error }),
@@ -612,11 +735,16 @@ impl Hub {
             .get("miner")
             .and_then(Value::as_str)
             .ok_or("history needs \"miner\": the miner's name")?;
-        let minutes = req
-            .get("minutes")
-            .and_then(Value::as_u64)
-            .unwrap_or(60)
-            .clamp(1, 60 * 24 * 31);
+        const MAX_MINUTES: u64 = 60 * 24 * 31;
+        let minutes = match req.get("minutes") {
+            None | Some(Value::Null) => 60,
+            Some(v) => v
+                .as_u64()
+                .filter(|m| (1..=MAX_MINUTES).contains(m))
+                .ok_or_else(|| {
+                    format!("\"minutes\" must be a whole number from 1 to {MAX_MINUTES} (31 days), got {v}")
+                })?,
+        };
         let slot = self
             .slots
             .iter()
@@ -667,6 +795,12 @@ impl Hub {
         if self.synced && self.republish_at.is_some_and(|t| now >= t) {
             self.republish_at = None;
             self.full_publish(true);
+        }
+        for i in 0..self.slots.len() {
+            if self.slots[i].restate_at.is_some_and(|t| now >= t) {
+                self.slots[i].restate_at = None;
+                self.publish_state(i);
+            }
         }
         if self.connected && self.info_dirty && now >= self.info_at {
             self.info_dirty = false;
@@ -727,6 +861,9 @@ impl Hub {
             .retained
             .keys()
             .filter(|t| !expected.contains(*t))
+            // Only what we published ourselves: another tool's (or another install's) devices
+            // under the same prefix are not ours to delete.
+            .filter(|t| self.owned.contains(*t))
             // With accept_all, any NMMiner may still be out there: never cleared at start.
             .filter(|t| !(keep_all_nm && t.starts_with(nm_prefix)))
             .cloned()
@@ -735,6 +872,10 @@ impl Hub {
             tracing::info!(%topic, "clearing discovery of a miner that is no longer configured");
             self.mqtt.publish(topic.clone(), Vec::<u8>::new(), true);
             self.retained.remove(&topic);
+            self.owned.remove(&topic);
+            if let Err(e) = self.store.disown_discovery(&topic) {
+                tracing::error!(error = %e, "cannot record a cleared discovery topic");
+            }
         }
         let mut configured: HashSet<&str> =
             self.slots.iter().map(|s| s.config.name.as_str()).collect();
@@ -752,14 +893,22 @@ impl Hub {
         }
     }
 
-    fn publish_retained_if_changed(&mut self, topic: String, payload: Value, force: bool) {
+    /// Publishes retained discovery unless the broker already holds exactly this; says whether
+    /// it published.
+    fn publish_retained_if_changed(&mut self, topic: String, payload: Value, force: bool) -> bool {
         let bytes = payload.to_string().into_bytes();
         let h = payload_hash(&bytes);
         if !force && self.retained.get(&topic) == Some(&h) {
-            return;
+            return false;
         }
         self.retained.insert(topic.clone(), h);
+        if self.owned.insert(topic.clone()) {
+            if let Err(e) = self.store.own_discovery(&topic) {
+                tracing::error!(error = %e, "cannot record a published discovery topic");
+            }
+        }
         self.mqtt.publish(topic, bytes, true);
+        true
     }
 
     fn publish_discovery(&mut self, i: usize, force: bool) {
@@ -791,7 +940,9 @@ impl Hub {
                     .flatten(),
             },
         );
-        self.publish_retained_if_changed(topic, payload, force);
+        if self.publish_retained_if_changed(topic, payload, force) {
+            self.slots[i].restate_at = Some(Instant::now() + RESTATE_AFTER_DISCOVERY);
+        }
     }
 
     fn set_availability(&mut self, i: usize, online: bool) {
@@ -814,6 +965,9 @@ impl Hub {
         }
         let body = state::state_json(
             slot.reading.as_ref().map(|r| &r.telemetry),
+            slot.reading
+                .as_ref()
+                .and_then(|r| r.identity.firmware.as_deref()),
             slot.limits.as_ref(),
             &self.config.safety,
         );

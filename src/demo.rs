@@ -62,7 +62,12 @@ pub fn start_embedded_broker(addr: SocketAddr) -> anyhow::Result<()> {
 
 /// Options for the demo.
 pub struct DemoOptions {
-    pub broker: SocketAddr,
+    /// The broker's address. When nothing answers at a loopback address and no `mqtt` settings
+    /// were given, an embedded broker is started there.
+    pub broker: Option<SocketAddr>,
+    /// The user's `mqtt:` settings (from `--config` or `MINER2MQTT_MQTT__*`): host, port,
+    /// credentials, TLS, topics. `broker` overrides host and port.
+    pub mqtt: Option<config::RawMqtt>,
     pub poll_interval: Duration,
     /// Print the table (off when stdout is not for people).
     pub table: bool,
@@ -117,19 +122,30 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         Err(e) => eprintln!("demo: running without the simulated NMMiner: {e}"),
     }
 
-    let broker = opts.broker;
-    let embedded = if broker_answers(broker) {
-        false
-    } else {
-        start_embedded_broker(broker)?;
-        true
+    let given = opts.mqtt.is_some();
+    let mut mqtt = opts.mqtt.unwrap_or_default();
+    if let Some(b) = opts.broker {
+        mqtt.host = b.ip().to_string();
+        mqtt.port = b.port();
+    }
+    let broker = format!("{}:{}", mqtt.host, mqtt.port);
+    let loopback: Option<SocketAddr> = broker
+        .parse()
+        .ok()
+        .filter(|a: &SocketAddr| a.ip().is_loopback());
+    // An embedded broker only where the user pointed at nothing of their own.
+    let embedded = match loopback {
+        Some(addr) if !given && !broker_answers(addr) => {
+            start_embedded_broker(addr)?;
+            true
+        }
+        _ => false,
     };
 
     let store_dir = std::env::temp_dir().join(format!("miner2mqtt-demo-{}", std::process::id()));
     let mut raw = RawConfig::default();
-    raw.mqtt.host = broker.ip().to_string();
-    raw.mqtt.port = broker.port();
-    raw.mqtt.client_id = format!("miner2mqtt-demo-{}", std::process::id());
+    mqtt.client_id = format!("miner2mqtt-demo-{}", std::process::id());
+    raw.mqtt = mqtt;
     raw.poll_interval = opts.poll_interval;
     raw.store.path = store_dir.join("history");
     raw.miners = names
@@ -160,12 +176,15 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         password: None,
     }];
     let config: Config = config::from_figment(&Figment::from(Serialized::defaults(raw)))?;
+    let base = config.mqtt.base_topic.clone();
 
     println!("miner2mqtt demo");
     println!(
         "  MQTT broker: {broker} ({})",
         if embedded {
             "embedded, started by the demo"
+        } else if given {
+            "from your mqtt settings"
         } else {
             "already running"
         }
@@ -188,16 +207,19 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         println!("  nmminer-lotto      NMLotto  UDP broadcasts from 127.0.0.2 to {nm_listen}");
     }
     println!(
-        "  Try: mosquitto_pub -h {} -p {} -t miner2mqtt/bitaxe-gamma/set/frequency -m 600",
-        broker.ip(),
-        broker.port()
+        "  Try: mosquitto_pub -h {} -p {} -t {base}/bitaxe-gamma/set/frequency -m 600",
+        config.mqtt.host, config.mqtt.port
     );
     println!("  Ctrl-C stops the demo.\n");
 
     let daemon_cancel = cancel.child_token();
+    let watcher = crate::mqtt::connect_options(
+        &config.mqtt,
+        &format!("miner2mqtt-demo-view-{}", std::process::id()),
+    )?;
     let daemon = tokio::spawn(crate::daemon::run(config, daemon_cancel.clone(), None));
     if opts.table {
-        watch_table(broker, &names, cancel.clone()).await;
+        watch_table(watcher, &base, &names, cancel.clone()).await;
     } else {
         cancel.cancelled().await;
     }
@@ -209,23 +231,19 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
 }
 
 /// Subscribes like Home Assistant would and prints the fleet every two seconds.
-async fn watch_table(broker: SocketAddr, names: &[&str], cancel: CancellationToken) {
-    let mut options = MqttOptions::new(
-        format!("miner2mqtt-demo-view-{}", std::process::id()),
-        broker.ip().to_string(),
-        broker.port(),
-    );
+async fn watch_table(
+    mut options: MqttOptions,
+    base: &str,
+    names: &[&str],
+    cancel: CancellationToken,
+) {
     options.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(options, 64);
-    let _ = client
-        .subscribe("miner2mqtt/+/state", QoS::AtMostOnce)
-        .await;
-    let _ = client
-        .subscribe("miner2mqtt/+/availability", QoS::AtMostOnce)
-        .await;
-    let _ = client
-        .subscribe("miner2mqtt/bridge/event", QoS::AtMostOnce)
-        .await;
+    for topic in ["+/state", "+/availability", "bridge/event"] {
+        let _ = client
+            .subscribe(format!("{base}/{topic}"), QoS::AtMostOnce)
+            .await;
+    }
     let mut states: BTreeMap<String, Value> = BTreeMap::new();
     let mut online: BTreeMap<String, String> = BTreeMap::new();
     let mut last_event = String::new();

@@ -29,21 +29,66 @@ pub enum FleetEvent {
     },
 }
 
+/// A miner's command queue. For a setting the newest value wins: a command for a property that
+/// is already queued replaces the queued one (moving to the back, so the order of the user's last
+/// actions is kept), so a burst of slider moves ends with the value the user let go at.
+#[derive(Default)]
+struct CommandQueue {
+    queued: std::sync::Mutex<std::collections::VecDeque<Command>>,
+    ready: tokio::sync::Notify,
+}
+
+/// At most this many different commands wait for one miner; more means it is not keeping up.
+const QUEUE_LIMIT: usize = 32;
+
+impl CommandQueue {
+    fn push(&self, command: Command) -> Result<(), String> {
+        {
+            let mut queued = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+            queued.retain(|c| c.property() != command.property());
+            if queued.len() >= QUEUE_LIMIT {
+                return Err(
+                    "the miner is still working through earlier commands; try again shortly".into(),
+                );
+            }
+            queued.push_back(command);
+        }
+        // Stores a permit when the poller is busy, so no command waits for the next one.
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    async fn next(&self) -> Command {
+        loop {
+            if let Some(c) = self
+                .queued
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front()
+            {
+                return c;
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
 /// The sending side of a miner's command queue.
 #[derive(Clone)]
 pub struct MinerHandle {
-    commands: mpsc::Sender<Command>,
+    commands: std::sync::Arc<CommandQueue>,
 }
 
 impl MinerHandle {
-    /// Queues a validated command. Fails when the queue is full (the miner is not keeping up).
+    fn new() -> MinerHandle {
+        MinerHandle {
+            commands: Default::default(),
+        }
+    }
+
+    /// Queues a validated command, replacing a queued one for the same property.
     pub fn submit(&self, command: Command) -> Result<(), String> {
-        self.commands.try_send(command).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                "the miner is still working through earlier commands; try again shortly".into()
-            }
-            mpsc::error::TrySendError::Closed(_) => "the miner's poller has stopped".into(),
-        })
+        self.commands.push(command)
     }
 }
 
@@ -63,7 +108,8 @@ pub fn spawn_poller(
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> MinerHandle {
-    let (tx, mut rx) = mpsc::channel::<Command>(16);
+    let handle = MinerHandle::new();
+    let queue = handle.commands.clone();
     tracker.spawn(async move {
         // The first poll comes quickly so a starting daemon shows its fleet at once; the second
         // lands at a random phase so thousands of miners spread over the interval.
@@ -73,7 +119,7 @@ pub fn spawn_poller(
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                Some(command) = rx.recv() => {
+                command = queue.next() => {
                     let result = client.execute(&command).await.map_err(|e| e.to_string());
                     match &result {
                         Ok(()) => tracing::info!(miner = %name, command = %command.describe(), "applied"),
@@ -110,7 +156,7 @@ pub fn spawn_poller(
             }
         }
     });
-    MinerHandle { commands: tx }
+    handle
 }
 
 /// The command task of a miner that is not polled (NMMiner): pool selection goes out as a UDP
@@ -124,12 +170,13 @@ pub fn spawn_datagram_commander(
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> MinerHandle {
-    let (tx, mut rx) = mpsc::channel::<Command>(16);
+    let handle = MinerHandle::new();
+    let queue = handle.commands.clone();
     tracker.spawn(async move {
         loop {
             let command = tokio::select! {
                 _ = cancel.cancelled() => break,
-                c = rx.recv() => match c { Some(c) => c, None => break },
+                c = queue.next() => c,
             };
             let result = match &command {
                 Command::SelectPool(label) => match pools.iter().find(|p| p.label() == *label) {
@@ -171,5 +218,23 @@ pub fn spawn_datagram_commander(
             }
         }
     });
-    MinerHandle { commands: tx }
+    handle
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_burst_of_commands_applies_the_newest_value() {
+        let q = CommandQueue::default();
+        for f in 400..420 {
+            q.push(Command::SetFrequency(f)).unwrap();
+        }
+        q.push(Command::SetFanSpeed(50)).unwrap();
+        q.push(Command::SetFrequency(525)).unwrap();
+        assert_eq!(q.next().await, Command::SetFanSpeed(50));
+        assert_eq!(q.next().await, Command::SetFrequency(525));
+        assert!(q.queued.lock().unwrap().is_empty());
+    }
 }

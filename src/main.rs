@@ -30,9 +30,15 @@ enum Cmd {
     },
     /// Run everything with simulated miners: no hardware needed.
     Demo {
-        /// The broker to use; an embedded one is started there if nothing answers.
-        #[arg(long, default_value = "127.0.0.1:1883")]
-        broker: SocketAddr,
+        /// The broker to use (default 127.0.0.1:1883, or the one in --config); with neither
+        /// --config nor MINER2MQTT_MQTT__* set, an embedded one is started there if nothing
+        /// answers.
+        #[arg(long)]
+        broker: Option<SocketAddr>,
+        /// Take the broker, credentials and TLS settings from this file's mqtt: section (the
+        /// miners are the demo's own). MINER2MQTT_MQTT__* variables work too.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// How often the demo polls its simulated miners.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         poll_interval: Duration,
@@ -106,15 +112,29 @@ async fn main() -> std::process::ExitCode {
         Cmd::Run { config } => run(config).await,
         Cmd::Demo {
             broker,
+            config,
             poll_interval,
             no_table,
         } => {
             install_tracing("warn");
             let token = CancellationToken::new();
             on_signal(token.clone());
+            let env_given = std::env::vars().any(|(k, _)| k.starts_with("MINER2MQTT_MQTT__"));
+            let mqtt = if config.is_some() || env_given {
+                match config::load_mqtt(config.as_deref()) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        eprintln!("miner2mqtt: {e}");
+                        return std::process::ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                None
+            };
             demo::run(
                 demo::DemoOptions {
                     broker,
+                    mqtt,
                     poll_interval,
                     table: !no_table,
                 },

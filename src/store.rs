@@ -76,6 +76,8 @@ pub struct Store {
     miners: sled::Tree,
     samples: sled::Tree,
     names: sled::Tree,
+    /// The retained discovery topics this daemon has published: the only ones it may ever clear.
+    owned: sled::Tree,
 }
 
 fn key(miner: u32, at_ms: u64) -> [u8; 12] {
@@ -111,6 +113,7 @@ impl Store {
             miners: tree("miners")?,
             samples: tree("samples")?,
             names: tree("names")?,
+            owned: tree("owned_discovery")?,
             db,
         })
     }
@@ -230,6 +233,28 @@ impl Store {
                     String::from_utf8_lossy(&v).into_owned(),
                 )
             })
+            .collect()
+    }
+
+    /// Records that we published retained discovery on `topic`.
+    pub fn own_discovery(&self, topic: &str) -> Result<(), StoreError> {
+        self.owned.insert(topic, &[]).map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// Records that `topic` has been cleared.
+    pub fn disown_discovery(&self, topic: &str) -> Result<(), StoreError> {
+        self.owned.remove(topic).map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// Every retained discovery topic we published and have not cleared.
+    pub fn owned_discovery(&self) -> Vec<String> {
+        self.owned
+            .iter()
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| String::from_utf8_lossy(&k).into_owned())
             .collect()
     }
 

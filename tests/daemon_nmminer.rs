@@ -64,9 +64,11 @@ async fn an_nmminer_appears_from_its_broadcasts_takes_a_pool_and_expires_when_si
     assert_eq!(cmps["hashrate_khs"]["unit_of_measurement"], "kH/s");
     assert_eq!(cmps["hashrate_khs"]["expire_after"], 2);
     assert_eq!(cmps["asic_temp"]["expire_after"], 2);
+    // The configured pool, and the one the device is on (issue 6.2: a select's state must be
+    // one of its options, or HA logs an error on every message).
     assert_eq!(
         cmps["pool_select"]["options"],
-        serde_json::json!(["solo.ckpool.org:3333"])
+        serde_json::json!(["solo.ckpool.org:3333", "public-pool.io:21496"])
     );
     for absent in [
         "power",

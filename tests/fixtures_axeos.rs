@@ -140,7 +140,7 @@ fn v2_7_0_tch_fork_without_v_prefix_and_six_chips() {
     let t = &info.reading.telemetry;
     assert_eq!(info.generation, Generation::Legacy);
     assert_eq!(info.reading.identity.asic_count, 6);
-    assert_eq!(info.reading.identity.model, "SupraHex 702");
+    assert_eq!(info.reading.identity.model, "Supra Hex 702");
     assert!(close(t.asic_temp, 37.5999984741211));
     assert_eq!(t.best_difficulty, Some(193e9));
     assert!(close(t.input_voltage, 12.0625));

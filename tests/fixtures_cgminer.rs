@@ -248,3 +248,46 @@ fn antminer_reading_from_the_captured_s19pro() {
     );
     assert_eq!(c.extra_sensors.len(), 3 * 2 + 3);
 }
+
+/// Regression (issue 6.8): a hydro-cooled Antminer reports `fan_num` 4 with every fan at 0 while
+/// it hashes. Those are fan headers, not stopped fans: no fan sensors, no 0 rpm readings that
+/// would fire a "fan stopped" automation. One fan at 0 among spinning ones is still reported.
+#[test]
+fn a_liquid_cooled_antminer_gets_no_fan_sensors() {
+    use miner2mqtt::miner::antminer::parse_reading;
+    let version = parse_json_reply(&load("cgminer-antminer/s19pro_49.0.1.3_version.json")).unwrap();
+    let summary = parse_json_reply(&load("cgminer-antminer/s19pro_49.0.1.3_summary.json")).unwrap();
+    let mut stats = parse_json_reply(&load("cgminer-antminer/s19pro_49.0.1.3_stats.json")).unwrap();
+    let pools = parse_json_reply(&load("cgminer-antminer/s19pro_49.0.1.3_pools.json")).unwrap();
+    let element = stats["STATS"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e.get("ID").is_some())
+        .unwrap();
+    element["fan_num"] = 4.into();
+    for f in 1..=4 {
+        element[format!("fan{f}")] = 0.into();
+    }
+    let r = parse_reading(&version["VERSION"][0], &summary, &stats, &pools);
+    assert_eq!(r.telemetry.fan_rpm, None);
+    assert!(r.telemetry.extra.keys().all(|k| !k.starts_with("fan")));
+    assert!(r.capabilities.absent_sensors.contains(&"fan_rpm"));
+    assert!(r
+        .capabilities
+        .extra_sensors
+        .iter()
+        .all(|s| !s.key.starts_with("fan")));
+
+    // Air-cooled, one fan stopped: that zero is real and must show.
+    let element = stats["STATS"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e.get("ID").is_some())
+        .unwrap();
+    element["fan1"] = 6000.into();
+    let r = parse_reading(&version["VERSION"][0], &summary, &stats, &pools);
+    assert_eq!(r.telemetry.fan_rpm, Some(6000.0));
+    assert_eq!(r.telemetry.extra["fan2_rpm"], Some(0.0));
+}

@@ -45,13 +45,29 @@ pub fn parse(property: &str, payload: &str, limits: &Limits) -> Result<Command, 
             .ok_or_else(|| {
                 let names: Vec<&str> = limits.modes.iter().map(|(n, _)| n.as_str()).collect();
                 if names.is_empty() {
-                    format!("mode {p:?} cannot be set: this miner offers no modes")
+                    format!(
+                        "mode {} cannot be set: this miner offers no modes",
+                        quote(p.as_bytes())
+                    )
                 } else {
-                    format!("mode {p:?} is not one of {}", names.join(", "))
+                    format!(
+                        "mode {} is not one of {}",
+                        quote(p.as_bytes()),
+                        names.join(", ")
+                    )
                 }
             }),
         "pool" => Ok(Command::SelectPool(p.to_string())),
-        "restart" => Ok(Command::Restart),
+        "restart" => {
+            if p.eq_ignore_ascii_case("press") || p.eq_ignore_ascii_case("restart") {
+                Ok(Command::Restart)
+            } else {
+                Err(format!(
+                    "restart takes PRESS (the button's payload) or restart, got {}",
+                    quote(p.as_bytes())
+                ))
+            }
+        }
         "power" => {
             Err("power on/off needs a smart plug, and none is configured for this miner".into())
         }
@@ -59,19 +75,58 @@ pub fn parse(property: &str, payload: &str, limits: &Limits) -> Result<Command, 
             Err("benchmark sweeps are not available in this version of miner2mqtt".into())
         }
         other => Err(format!(
-            "unknown property {other:?}; the set topics are {}",
+            "unknown property {}; the set topics are {}",
+            quote(other.as_bytes()),
             PROPERTIES.join(", ")
         )),
     }
 }
 
+/// The longest command payload looked at; anything longer is refused unread.
+pub const MAX_PAYLOAD: usize = 4096;
+
+/// How much of a payload is ever shown back.
+const SHOWN: usize = 40;
+
+/// A payload as it may appear in a log line or an event's `value`: at most 40 characters, with
+/// the full length when it was cut, so a megabyte of junk costs a line, not a megabyte.
+pub fn clip(payload: &[u8]) -> String {
+    let (shown, cut) = shown(payload);
+    if cut {
+        format!("{shown}… ({} bytes)", payload.len())
+    } else {
+        shown
+    }
+}
+
+/// As `clip`, in quotes, for prose: `got "fast"`.
+pub fn quote(payload: &[u8]) -> String {
+    let (shown, cut) = shown(payload);
+    if cut {
+        format!("{shown:?}… ({} bytes)", payload.len())
+    } else {
+        format!("{shown:?}")
+    }
+}
+
+fn shown(payload: &[u8]) -> (String, bool) {
+    let text = String::from_utf8_lossy(&payload[..payload.len().min(SHOWN * 4)]);
+    let shown: String = text.chars().take(SHOWN).collect();
+    let cut = shown.len() < payload.len();
+    (shown, cut)
+}
+
 fn whole(p: &str, what: &str, unit: &str) -> Result<u32, String> {
-    let v: f64 = p
-        .parse()
-        .map_err(|_| format!("{what} must be a number of {unit}, got {p:?}"))?;
+    let v: f64 = p.parse().map_err(|_| {
+        format!(
+            "{what} must be a number of {unit}, got {}",
+            quote(p.as_bytes())
+        )
+    })?;
     if !v.is_finite() || v < 0.0 || v.fract() != 0.0 || v > u32::MAX as f64 {
         return Err(format!(
-            "{what} must be a whole, positive number of {unit}, got {p:?}"
+            "{what} must be a whole, positive number of {unit}, got {}",
+            quote(p.as_bytes())
         ));
     }
     Ok(v as u32)
@@ -81,7 +136,10 @@ fn on_off(p: &str, what: &str) -> Result<bool, String> {
     match p.to_ascii_lowercase().as_str() {
         "on" | "true" | "1" => Ok(true),
         "off" | "false" | "0" => Ok(false),
-        _ => Err(format!("{what} takes ON or OFF, got {p:?}")),
+        _ => Err(format!(
+            "{what} takes ON or OFF, got {}",
+            quote(p.as_bytes())
+        )),
     }
 }
 
@@ -146,6 +204,27 @@ mod tests {
         assert!(parse("warp", "1", &limits())
             .unwrap_err()
             .contains("unknown property"));
+    }
+
+    #[test]
+    fn restart_takes_only_the_button_payload() {
+        assert_eq!(parse("restart", "PRESS", &limits()), Ok(Command::Restart));
+        assert_eq!(parse("restart", "restart", &limits()), Ok(Command::Restart));
+        assert!(parse("restart", "", &limits())
+            .unwrap_err()
+            .contains("PRESS"));
+        assert!(parse("restart", "junk", &limits()).is_err());
+    }
+
+    #[test]
+    fn junk_is_quoted_short() {
+        let junk = vec![b'x'; 1 << 20];
+        let q = quote(&junk);
+        assert!(q.len() < 80, "{q}");
+        assert!(q.ends_with("(1048576 bytes)"), "{q}");
+        assert_eq!(quote(b"eco"), "\"eco\"");
+        assert_eq!(clip(b"900"), "900");
+        assert!(clip(&junk).len() < 80);
     }
 
     #[test]

@@ -528,7 +528,7 @@ pub fn bridge_discovery(topics: &Topics) -> (String, Value) {
         base.value_template = None;
         let part = ButtonPart {
             command_topic: topics.bridge_request("restart"),
-            payload_press: "",
+            payload_press: "PRESS",
             device_class: Some("restart"),
         };
         b.add("restart", base, part);

@@ -7,9 +7,11 @@ use crate::safety::Limits;
 use serde_json::{Map, Value};
 
 /// Builds the state JSON. `telemetry` is `None` before the first successful poll, in which case
-/// every reading is `null`.
+/// every reading is `null`. `firmware` is the device's firmware version (from its identity), read
+/// by the Firmware sensor.
 pub fn state_json(
     telemetry: Option<&Telemetry>,
+    firmware: Option<&str>,
     limits: Option<&Limits>,
     safety: &Safety,
 ) -> Value {
@@ -37,6 +39,7 @@ pub fn state_json(
     });
     map.insert("mode".into(), mode.into());
     map.insert("overheating".into(), overheating(t, safety).into());
+    map.insert("firmware".into(), firmware.into());
     Value::Object(map)
 }
 
@@ -53,7 +56,7 @@ pub fn overheating(t: &Telemetry, safety: &Safety) -> Option<bool> {
 
 /// The keys of the state JSON, for tests and documentation.
 pub fn state_keys() -> Vec<String> {
-    match state_json(None, None, &Safety::default()) {
+    match state_json(None, None, None, &Safety::default()) {
         Value::Object(m) => m.keys().cloned().collect(),
         _ => Vec::new(),
     }
@@ -65,7 +68,7 @@ mod tests {
 
     #[test]
     fn every_key_is_present_and_null_before_the_first_poll() {
-        let v = state_json(None, None, &Safety::default());
+        let v = state_json(None, None, None, &Safety::default());
         let obj = v.as_object().unwrap();
         for key in [
             "hashrate",
@@ -76,6 +79,7 @@ mod tests {
             "mode",
             "overheating",
             "pool",
+            "firmware",
         ] {
             assert!(obj.get(key).unwrap().is_null(), "{key}");
         }

@@ -27,12 +27,12 @@ impl AntminerClient {
 
     pub async fn poll(&mut self) -> Result<Reading, MinerError> {
         if self.version.is_none() {
-            let v = self.api.request("version", None).await?;
+            let v = self.api.read("version", "VERSION").await?;
             self.version = Some(v["VERSION"][0].clone());
         }
-        let summary = self.api.request("summary", None).await?;
-        let stats = self.api.request("stats", None).await?;
-        let pools = self.api.request("pools", None).await?;
+        let summary = self.api.read("summary", "SUMMARY").await?;
+        let stats = self.api.read("stats", "STATS").await?;
+        let pools = self.api.read("pools", "POOLS").await?;
         Ok(parse_reading(
             self.version.as_ref().unwrap_or(&Value::Null),
             &summary,
@@ -90,9 +90,16 @@ pub fn parse_reading(version: &Value, summary: &Value, stats: &Value, pools: &Va
         });
     }
     let fans = st["fan_num"].as_u64().unwrap_or(0).min(8);
+    let readings: Vec<Option<f64>> = (1..=fans).map(|f| number(&st[format!("fan{f}")])).collect();
+    // A hydro or immersion unit reports its fan headers, all at 0, while it hashes: it has no
+    // fans. (On an air-cooled unit one fan at 0 among spinning ones is a stopped fan, and stays.)
+    let hashing = number(&s["GHS 5s"]).is_some_and(|h| h > 0.0);
+    let fanless = hashing && readings.iter().all(|r| r.unwrap_or(0.0) == 0.0);
     let mut fan_rpms = Vec::new();
-    for fan in 1..=fans {
-        let rpm = number(&st[format!("fan{fan}")]);
+    for (fan, rpm) in (1..=fans).zip(readings) {
+        if fanless {
+            break;
+        }
         fan_rpms.extend(rpm);
         if fan > 1 {
             extra.insert(format!("fan{fan}_rpm"), rpm);
@@ -141,16 +148,20 @@ pub fn parse_reading(version: &Value, summary: &Value, stats: &Value, pools: &Va
         asic_model: None,
         asic_count: st["total_acn"].as_u64().unwrap_or(0) as u32,
     };
+    let mut absent_sensors = vec![
+        "power",
+        "efficiency",
+        "vr_temp",
+        "input_voltage",
+        "current",
+        "rssi",
+        "fan_speed",
+    ];
+    if fan_rpms.is_empty() {
+        absent_sensors.push("fan_rpm");
+    }
     let capabilities = Capabilities {
-        absent_sensors: vec![
-            "power",
-            "efficiency",
-            "vr_temp",
-            "input_voltage",
-            "current",
-            "rssi",
-            "fan_speed",
-        ],
+        absent_sensors,
         extra_sensors,
         ..Capabilities::default()
     };

@@ -72,12 +72,30 @@ impl AvalonClient {
     async fn summary_and_estats(&mut self) -> Result<(Value, Value), MinerError> {
         if self.joined != Some(false) && !self.plain {
             match self.api.request("summary+estats", None).await {
-                Ok(v) if v["summary"][0].is_object() && v["estats"][0].is_object() => {
+                Ok(v) if v.get("summary").is_some() || v.get("estats").is_some() => {
+                    // The firmware joins; an error inside either part is this poll's error.
                     self.joined = Some(true);
-                    return Ok((v["summary"][0].clone(), v["estats"][0].clone()));
+                    let mut parts = self
+                        .api
+                        .joined_parts(&v, &[("summary", "SUMMARY"), ("estats", "STATS")])?
+                        .into_iter();
+                    let summary = parts.next().unwrap_or_default();
+                    let estats = parts.next().unwrap_or_default();
+                    return Ok((summary, estats));
                 }
-                // Refused or not understood: this firmware does not join.
-                Ok(_) | Err(MinerError::Malformed { .. }) => self.joined = Some(false),
+                // Not joined (an error status for the join itself, or nothing readable): this
+                // firmware does not join, unless it joined before (then it is this poll's error).
+                Ok(_) | Err(MinerError::Malformed { .. } | MinerError::Answered { .. })
+                    if self.joined != Some(true) =>
+                {
+                    self.joined = Some(false)
+                }
+                Ok(_) => {
+                    return Err(MinerError::Malformed {
+                        url: format!("cgminer://{}/summary+estats", self.api.addr),
+                        reason: "the joined reply holds neither summary nor estats".into(),
+                    })
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -94,7 +112,7 @@ impl AvalonClient {
             let sections = self.api.request_plain(command, None).await?;
             return Ok(plain_as_json(&sections, key));
         }
-        match self.api.request(command, None).await {
+        match self.api.read(command, key).await {
             Ok(v) => Ok(v),
             Err(json_error @ MinerError::Malformed { .. }) => {
                 // Only a plain reply that works switches this miner to the plain form.

@@ -51,8 +51,21 @@ pub fn parse_system_info(body: &[u8]) -> Result<SystemInfo, String> {
     let generation = detect_generation(obj);
 
     let asic_model = string(obj, "ASICModel");
+    let board = string(obj, "boardVersion");
+    let family = if generation == Generation::NerdQaxe {
+        None
+    } else {
+        bitaxe_family(
+            string(obj, "deviceModel").as_deref(),
+            board.as_deref(),
+            asic_model.as_deref(),
+            number(obj, "asicCount").map(|n| n as u32),
+        )
+    };
+    // The firmware's own count where it reports one; else what the board is known to carry.
     let asic_count = number(obj, "asicCount")
         .map(|n| n as u32)
+        .or(family.map(|(_, chips)| chips))
         .unwrap_or(1)
         .max(1);
     let small_cores = number(obj, "smallCoreCount");
@@ -116,16 +129,8 @@ pub fn parse_system_info(body: &[u8]) -> Result<SystemInfo, String> {
         model = string(obj, "deviceModel").unwrap_or_else(|| "NerdQAxe".into());
     } else {
         manufacturer = "Bitaxe".to_string();
-        let family = match (asic_model.as_deref(), asic_count) {
-            (Some("BM1397"), _) => "Max",
-            (Some("BM1366"), _) => "Ultra",
-            (Some("BM1368"), 1) => "Supra",
-            (Some("BM1368"), _) => "SupraHex",
-            (Some("BM1370"), 1) => "Gamma",
-            (Some("BM1370"), _) => "GT",
-            _ => "Bitaxe",
-        };
-        model = match string(obj, "boardVersion") {
+        let family = family.map_or("Bitaxe", |(name, _)| name);
+        model = match &board {
             Some(board) => format!("{family} {board}"),
             None => family.to_string(),
         };
@@ -171,6 +176,73 @@ pub fn parse_system_info(body: &[u8]) -> Result<SystemInfo, String> {
         generation,
         pool_ids,
     })
+}
+
+/// The Bitaxe family and the chips its board carries, from what each firmware generation
+/// reports: `deviceModel` (v2.5+: "ultra", "hexultra", "gammaturbo", …), else `boardVersion`
+/// (whose first digit is the family: 1xx and "2.2" Max, 2xx and "0.11" Ultra, 3xx Ultra Hex,
+/// 4xx Supra, 6xx Gamma with 650 the Gamma Duo, 7xx Supra Hex, 8xx Gamma Turbo — AxeOS's own
+/// web UI reads it the same way), else the ASIC model and `asicCount`.
+pub fn bitaxe_family(
+    device_model: Option<&str>,
+    board: Option<&str>,
+    asic: Option<&str>,
+    asic_count: Option<u32>,
+) -> Option<(&'static str, u32)> {
+    let by_model = device_model.and_then(|m| {
+        let m: String = m
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect::<String>()
+            .to_ascii_lowercase();
+        Some(match m.as_str() {
+            "max" => ("Max", 1),
+            "ultra" => ("Ultra", 1),
+            "hexultra" | "ultrahex" | "hex" => ("Ultra Hex", 6),
+            "supra" => ("Supra", 1),
+            "suprahex" | "hexsupra" => ("Supra Hex", 6),
+            "gamma" => ("Gamma", 1),
+            "gammaduo" | "duo" => ("Gamma Duo", 2),
+            "gammaturbo" | "gt" => ("Gamma Turbo", 2),
+            _ => return None,
+        })
+    });
+    let by_board = || {
+        let b = board?.trim();
+        match b {
+            "2.2" => return Some(("Max", 1)),
+            "0.11" => return Some(("Ultra", 1)),
+            "650" => return Some(("Gamma Duo", 2)),
+            _ => {}
+        }
+        if b.len() < 3 || !b.chars().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        Some(match b.as_bytes()[0] {
+            b'1' => ("Max", 1),
+            b'2' => ("Ultra", 1),
+            b'3' => ("Ultra Hex", 6),
+            b'4' => ("Supra", 1),
+            b'6' => ("Gamma", 1),
+            b'7' => ("Supra Hex", 6),
+            b'8' => ("Gamma Turbo", 2),
+            _ => return None,
+        })
+    };
+    let by_asic = || {
+        let many = asic_count.unwrap_or(1) > 1;
+        Some(match (asic?.trim().to_ascii_uppercase().as_str(), many) {
+            ("BM1397", _) => ("Max", 1),
+            ("BM1366", false) => ("Ultra", 1),
+            ("BM1366", true) => ("Ultra Hex", 6),
+            ("BM1368", false) => ("Supra", 1),
+            ("BM1368", true) => ("Supra Hex", 6),
+            ("BM1370", false) => ("Gamma", 1),
+            ("BM1370", true) => ("Gamma Turbo", 2),
+            _ => return None,
+        })
+    };
+    by_model.or_else(by_board).or_else(by_asic)
 }
 
 /// The firmware's suggested clock values from `/api/system/asic`.
@@ -673,6 +745,52 @@ mod tests {
         assert_eq!(difficulty(&json!(572141152)), Some(572141152.0));
         assert_eq!(difficulty(&json!("12X")), None);
         assert_eq!(difficulty(&json!(null)), None);
+    }
+
+    #[test]
+    fn a_bitaxe_hex_is_an_ultra_hex_with_six_chips() {
+        // Board 302/303 carries six BM1366; firmware before deviceModel only says the board.
+        assert_eq!(
+            bitaxe_family(None, Some("302"), Some("BM1366"), None),
+            Some(("Ultra Hex", 6))
+        );
+        assert_eq!(
+            bitaxe_family(Some("hexultra"), Some("303"), Some("BM1366"), Some(6)),
+            Some(("Ultra Hex", 6))
+        );
+        assert_eq!(
+            bitaxe_family(None, Some("204"), Some("BM1366"), Some(1)),
+            Some(("Ultra", 1))
+        );
+        assert_eq!(
+            bitaxe_family(Some("gammaturbo"), Some("801"), Some("BM1370"), Some(2)),
+            Some(("Gamma Turbo", 2))
+        );
+        assert_eq!(
+            bitaxe_family(None, Some("650"), Some("BM1370"), None),
+            Some(("Gamma Duo", 2))
+        );
+        assert_eq!(
+            bitaxe_family(None, Some("2.2"), None, None),
+            Some(("Max", 1))
+        );
+        assert_eq!(
+            bitaxe_family(None, None, Some("BM1368"), Some(6)),
+            Some(("Supra Hex", 6))
+        );
+        assert_eq!(bitaxe_family(None, Some("x"), None, None), None);
+        // A Hex whose firmware has no asicCount still counts six chips.
+        let info = parse_system_info(
+            br#"{"ASICModel": "BM1366", "boardVersion": "302", "hashRate": 2900.5, "frequency": 485, "smallCoreCount": 894, "version": "v2.4.2"}"#,
+        )
+        .unwrap();
+        assert_eq!(info.reading.identity.model, "Ultra Hex 302");
+        assert_eq!(info.reading.identity.asic_count, 6);
+        let expected = info.reading.telemetry.expected_hashrate.unwrap();
+        assert!(
+            (expected - 485.0 * 894.0 * 6.0 / 1000.0).abs() < 0.01,
+            "{expected}"
+        );
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub enum ReplyError {
     Empty,
     #[error("not JSON even after repair: {0}")]
     Json(String),
+    #[error("{0}")]
+    Missing(String),
     #[error("the miner answered {status} (code {code}): {msg}")]
     Status {
         status: String,
@@ -104,6 +106,29 @@ pub fn parse_json_reply(raw: &[u8]) -> Result<Value, ReplyError> {
     }
     let value: Value =
         serde_json::from_str(&repaired).map_err(|e| ReplyError::Json(e.to_string()))?;
+    check_status(&value)?;
+    Ok(value)
+}
+
+/// Checks one command's reply from a joined request (`summary+estats` answers
+/// `{"summary": [reply], "estats": [reply]}`): its own `STATUS` must not be an error, and it must
+/// hold the section `key` (`SUMMARY`, `STATS`, …). Returns that command's reply.
+pub fn joined_part<'a>(
+    joined: &'a Value,
+    command: &str,
+    key: &str,
+) -> Result<&'a Value, ReplyError> {
+    let part = joined
+        .get(command)
+        .and_then(|p| p.get(0))
+        .ok_or_else(|| ReplyError::Missing(format!("no {command} reply in the joined answer")))?;
+    check_status(part)?;
+    require_section(part, key)?;
+    Ok(part)
+}
+
+/// An error `STATUS` (`E` or `F`) as an error.
+fn check_status(value: &Value) -> Result<(), ReplyError> {
     if let Some(status) = value.get("STATUS").and_then(|s| s.get(0)) {
         let code = status.get("Code").and_then(Value::as_i64).unwrap_or(0);
         let s = status.get("STATUS").and_then(Value::as_str).unwrap_or("");
@@ -119,7 +144,18 @@ pub fn parse_json_reply(raw: &[u8]) -> Result<Value, ReplyError> {
             });
         }
     }
-    Ok(value)
+    Ok(())
+}
+
+/// A reply must carry the section it was asked for: a `summary` reply without `SUMMARY` has not
+/// answered, however successful its status says it was.
+pub fn require_section(reply: &Value, key: &str) -> Result<(), ReplyError> {
+    match reply.get(key).and_then(Value::as_array) {
+        Some(list) if !list.is_empty() => Ok(()),
+        _ => Err(ReplyError::Missing(format!(
+            "the reply has no {key} section"
+        ))),
+    }
 }
 
 /// One section of a plain-text reply, `STATUS=S,When=…,Code=7` → key/value pairs.
@@ -362,6 +398,29 @@ impl CgminerClient {
         parse_json_reply(&raw).map_err(|e| self.reply_error(command, e))
     }
 
+    /// A read command whose reply must hold `key` (`SUMMARY`, `STATS`, `POOLS`, `VERSION`).
+    pub async fn read(&self, command: &str, key: &str) -> Result<Value, MinerError> {
+        let v = self.request(command, None).await?;
+        require_section(&v, key).map_err(|e| self.reply_error(command, e))?;
+        Ok(v)
+    }
+
+    /// Splits a joined reply into its parts, each checked as `joined_part` does.
+    pub fn joined_parts(
+        &self,
+        joined: &Value,
+        parts: &[(&str, &str)],
+    ) -> Result<Vec<Value>, MinerError> {
+        parts
+            .iter()
+            .map(|(command, key)| {
+                joined_part(joined, command, key)
+                    .cloned()
+                    .map_err(|e| self.reply_error(command, e))
+            })
+            .collect()
+    }
+
     /// The plain-text form, `command|parameter`, exactly: no trailing newline.
     pub async fn request_plain(
         &self,
@@ -398,9 +457,17 @@ impl CgminerClient {
     }
 
     fn reply_error(&self, command: &str, e: ReplyError) -> MinerError {
-        MinerError::Malformed {
-            url: self.url(command),
-            reason: e.to_string(),
+        match e {
+            ReplyError::Status { status, code, msg } => MinerError::Answered {
+                url: self.url(command),
+                status,
+                code,
+                msg,
+            },
+            e => MinerError::Malformed {
+                url: self.url(command),
+                reason: e.to_string(),
+            },
         }
     }
 }
@@ -436,6 +503,22 @@ mod tests {
             parse_json_reply(br#"{"STATUS":[{"STATUS":"E","Code":14,"Msg":"Invalid command"}]}"#)
                 .unwrap_err();
         assert!(e.to_string().contains("Invalid command") && e.to_string().contains("14"));
+    }
+
+    #[test]
+    fn an_error_inside_a_joined_reply_is_an_error() {
+        let joined = json!({
+            "summary": [{ "STATUS": [{ "STATUS": "E", "Code": 45, "Msg": "Access denied to 'summary' command" }] }],
+            "estats": [{ "STATUS": [{ "STATUS": "S", "Code": 70 }], "STATS": [{ "ID": "AVA100" }] }],
+        });
+        let e = joined_part(&joined, "summary", "SUMMARY").unwrap_err();
+        assert!(e.to_string().contains("Access denied"), "{e}");
+        assert!(joined_part(&joined, "estats", "STATS").is_ok());
+        // Successful status but no section: not an answer.
+        let no_summary = json!({ "summary": [{ "STATUS": [{ "STATUS": "S" }] }] });
+        let e = joined_part(&no_summary, "summary", "SUMMARY").unwrap_err();
+        assert!(e.to_string().contains("no SUMMARY"), "{e}");
+        assert!(joined_part(&no_summary, "estats", "STATS").is_err());
     }
 
     #[test]

@@ -167,6 +167,22 @@ pub struct Capabilities {
     pub extra_sensors: Vec<ExtraSensor>,
 }
 
+impl Capabilities {
+    /// Adds the pool the device is on to the pools offered, when pool selection is possible at
+    /// all and it is not already there: Home Assistant logs an error for a select whose state is
+    /// not one of its options.
+    pub fn include_current_pool(&mut self, current: Option<&str>) {
+        let Some(current) = current.filter(|p| !p.is_empty()) else {
+            return;
+        };
+        if !self.pools.is_empty() && !self.pools.iter().any(|p| p.label == current) {
+            self.pools.push(PoolChoice {
+                label: current.to_string(),
+            });
+        }
+    }
+}
+
 /// `bitaxe-1` → `bitaxe_1`: lower-case letters and digits, everything else `_` (as Home
 /// Assistant slugs names; also safe as a topic level and an id).
 pub fn slug(name: &str) -> String {
@@ -234,6 +250,20 @@ pub enum Command {
 }
 
 impl Command {
+    /// The setting a command changes; a newer command for the same one supersedes it.
+    pub fn property(&self) -> &'static str {
+        match self {
+            Command::SetFrequency(_) => "frequency",
+            Command::SetCoreVoltage(_) => "core_voltage",
+            Command::SetClock(_) => "clock",
+            Command::SetWorkMode(_) => "mode",
+            Command::SetFanSpeed(_) | Command::SetAutoFan(_) => "fan",
+            Command::SelectPool(_) => "pool",
+            Command::Restart => "restart",
+            Command::SetMining(_) => "mining",
+        }
+    }
+
     /// The name a user sees in events and logs.
     pub fn describe(&self) -> String {
         match self {
@@ -269,6 +299,13 @@ pub enum MinerError {
     Refused { url: String, body: String },
     #[error("{url}: unreadable reply: {reason}")]
     Malformed { url: String, reason: String },
+    #[error("{url}: the miner answered {status} (code {code}): {msg}")]
+    Answered {
+        url: String,
+        status: String,
+        code: i64,
+        msg: String,
+    },
     #[error("{what} is not supported by this miner's firmware")]
     Unsupported { what: String },
     #[error("{url}: the miner is busy ({reason}); try again in a minute")]

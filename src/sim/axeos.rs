@@ -628,10 +628,7 @@ impl Device {
         put("version", self.version().into());
         put("axeOSVersion", self.version().into());
         put("idfVersion", "v5.5.1".into());
-        put(
-            "boardVersion",
-            (if c.model == "BM1370" { "601" } else { "401" }).into(),
-        );
+        put("boardVersion", board(c.model, self.spec.chips).0.into());
         if fw != Firmware::V2_10 {
             put("resetReason", "Power on".into());
         }
@@ -679,7 +676,7 @@ impl Device {
         let c = self.spec.chip;
         json!({
             "ASICModel": c.model,
-            "deviceModel": if c.model == "BM1370" { "Gamma" } else { "Supra" },
+            "deviceModel": board(c.model, self.spec.chips).1,
             "swarmColor": "purple",
             "asicCount": self.spec.chips,
             "defaultFrequency": c.default_frequency,
@@ -1009,4 +1006,21 @@ async fn pause_resume(shared: Arc<Shared>, paused: bool) -> Response {
     }
     d.paused = paused;
     json_response(json!({ "paused": paused }).to_string())
+}
+
+/// The board a chip and chip count come on, as real boards report it: (`boardVersion`,
+/// `deviceModel` of `/api/system/asic`). A BM1366 board is an Ultra (2xx) or, with six chips, a
+/// Hex (302/303); a BM1368 a Supra (4xx) or Supra Hex (70x); a BM1370 a Gamma (60x) or, with
+/// two, a Gamma Turbo (80x).
+fn board(chip: &str, chips: u32) -> (&'static str, &'static str) {
+    match (chip, chips) {
+        ("BM1397", _) => ("102", "Max"),
+        ("BM1366", 1) => ("204", "Ultra"),
+        ("BM1366", _) => ("302", "UltraHex"),
+        ("BM1368", 1) => ("401", "Supra"),
+        ("BM1368", _) => ("702", "SupraHex"),
+        ("BM1370", 1) => ("601", "Gamma"),
+        ("BM1370", _) => ("801", "GammaTurbo"),
+        _ => ("0", "Unknown"),
+    }
 }
