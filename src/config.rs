@@ -464,17 +464,86 @@ pub fn from_figment(figment: &Figment) -> Result<Config, ConfigError> {
 }
 
 fn describe_figment_error(e: &figment::Error) -> String {
-    let key = if e.path.is_empty() {
-        "(top level)".to_string()
-    } else {
-        e.path.join(".")
-    };
+    use figment::error::Kind;
+    // `miners.0.kind` reads as `miners[0].kind`.
+    let mut key = String::new();
+    for part in &e.path {
+        if part.chars().all(|c| c.is_ascii_digit()) {
+            key.push_str(&format!("[{part}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(part);
+        }
+    }
+    if key.is_empty() {
+        key = "(top level)".into();
+    }
     let source = e
         .metadata
         .as_ref()
         .map(|m| describe_source(m, &e.path))
         .unwrap_or_else(|| "configuration".into());
-    format!("{key} (from {source}): {}", e.kind)
+    let what = match &e.kind {
+        Kind::UnknownField(found, expected) => {
+            let hint = closest(found, expected)
+                .map(|c| format!(" (did you mean {c}?)"))
+                .unwrap_or_default();
+            format!(
+                "unknown key {found:?}{hint}; the keys here are {}",
+                expected.join(", ")
+            )
+        }
+        Kind::UnknownVariant(found, expected) => {
+            let hint = closest(found, expected)
+                .map(|c| format!(" (did you mean {c}?)"))
+                .unwrap_or_default();
+            format!(
+                "{found:?} is not known{hint}; use one of {}",
+                expected.join(", ")
+            )
+        }
+        Kind::MissingField(field) => format!("{field} is required here"),
+        Kind::DuplicateField(field) => format!("{field} is given twice"),
+        other => other.to_string(),
+    };
+    // An unknown key's own name is in the path already; say it once.
+    let key = match &e.kind {
+        Kind::UnknownField(found, _) => key
+            .strip_suffix(found.as_str())
+            .map(|k| k.trim_end_matches('.').to_string())
+            .filter(|k| !k.is_empty())
+            .unwrap_or_else(|| "(top level)".into()),
+        _ => key,
+    };
+    format!("{key} (from {source}): {what}")
+}
+
+/// The expected word nearest to a misspelt one (at most two edits away), for a hint.
+fn closest<'a>(found: &str, expected: &[&'a str]) -> Option<&'a str> {
+    let distance = |a: &str, b: &str| {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb))
+                    .min(row[j] + 1)
+                    .min(row[j + 1] + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    };
+    expected
+        .iter()
+        .map(|e| (distance(&found.to_ascii_lowercase(), e), *e))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, e)| e)
 }
 
 /// "config.yaml", or the exact environment variable for `path`.
@@ -915,6 +984,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("toaster"), "{e}");
+    }
+
+    /// Regression (issue 6.13): the unknown-key error nested backquotes
+    /// (``expected `one of `host`, …``); it reads like a sentence now, with a hint.
+    #[test]
+    fn an_unknown_key_reads_like_a_sentence_with_a_hint() {
+        let e = load_str("mqtt: { hots: x }").unwrap_err().to_string();
+        assert!(
+            e.contains("mqtt (from") && e.contains("unknown key \"hots\" (did you mean host?)"),
+            "{e}"
+        );
+        assert!(!e.contains('`'), "{e}");
+        let e = load_str("miners:\n  - { name: a, kind: axeoss, host: x }")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("miners[0].kind") && e.contains("did you mean axeos?") && !e.contains('`'),
+            "{e}"
+        );
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 /// Home Assistant has created from it in the meantime.
 const RESTATE_AFTER_DISCOVERY: Duration = Duration::from_secs(5);
 
+/// How long a command may wait for its miner's first reading.
+const PENDING_FOR: Duration = Duration::from_secs(60);
+
 /// How long a running daemon has to answer the start-up check for another instance.
 const INSTANCE_CHECK_WAIT: Duration = Duration::from_millis(1200);
 
@@ -71,6 +74,10 @@ struct Slot {
     /// When to publish state again after new discovery: Home Assistant subscribes to the state
     /// topic only once it has created the entities, and state is not retained.
     restate_at: Option<Instant>,
+    /// Commands that arrived before the miner's first reading (its limits unknown), newest per
+    /// property: a persistent session delivers what was sent while the daemon was away at once,
+    /// before the first poll. Checked and sent once the miner is read; refused after a while.
+    pending: Vec<(String, bytes::Bytes, Instant)>,
 }
 
 struct Hub {
@@ -223,6 +230,7 @@ pub async fn run(
             store_number: None,
             warned: HashSet::new(),
             restate_at: None,
+            pending: Vec::new(),
         });
     }
     // What we published before; miners known by name from earlier runs were ours too.
@@ -430,6 +438,14 @@ impl Hub {
             self.publish_discovery(i, false);
         }
         self.publish_state(i);
+        // Commands that waited for this first reading are checked and sent now, in order.
+        let pending = std::mem::take(&mut self.slots[i].pending);
+        if !pending.is_empty() {
+            let name = self.slots[i].config.name.clone();
+            for (property, payload, _) in pending {
+                self.on_set(&name, &property, &payload);
+            }
+        }
     }
 
     /// One NMMiner datagram: the device's reading, creating the miner on first hearing if it is
@@ -489,6 +505,7 @@ impl Hub {
                     store_number: None,
                     warned: HashSet::new(),
                     restate_at: None,
+                    pending: Vec::new(),
                 });
                 i
             }
@@ -575,6 +592,18 @@ impl Hub {
             );
             return;
         };
+        if self.slots[i].limits.is_none() && payload.len() <= command::MAX_PAYLOAD {
+            // Not read yet (the daemon has just started): hold it until the miner is.
+            let pending = &mut self.slots[i].pending;
+            pending.retain(|(p, _, _)| p != property);
+            pending.push((
+                property.to_string(),
+                bytes::Bytes::copy_from_slice(payload),
+                Instant::now(),
+            ));
+            tracing::info!(miner = %name, property, value = %value, "command held until the miner has been read");
+            return;
+        }
         let verdict = if payload.len() > command::MAX_PAYLOAD {
             Err(format!(
                 "a {property} command is a short value, not {} bytes",
@@ -797,6 +826,29 @@ impl Hub {
             self.full_publish(true);
         }
         for i in 0..self.slots.len() {
+            if self.slots[i]
+                .pending
+                .first()
+                .is_some_and(|(_, _, at)| now.duration_since(*at) > PENDING_FOR)
+            {
+                let expired: Vec<_> = self.slots[i]
+                    .pending
+                    .iter()
+                    .filter(|(_, _, at)| now.duration_since(*at) > PENDING_FOR)
+                    .cloned()
+                    .collect();
+                self.slots[i]
+                    .pending
+                    .retain(|(_, _, at)| now.duration_since(*at) <= PENDING_FOR);
+                let name = self.slots[i].config.name.clone();
+                for (property, payload, _) in expired {
+                    let reason = format!(
+                        "the miner has not answered since miner2mqtt started, so nothing was sent (the command waited {})",
+                        humantime::format_duration(PENDING_FOR)
+                    );
+                    self.refuse(i, &name, &property, &command::clip(&payload), &reason);
+                }
+            }
             if self.slots[i].restate_at.is_some_and(|t| now >= t) {
                 self.slots[i].restate_at = None;
                 self.publish_state(i);

@@ -210,3 +210,47 @@ async fn a_numeric_password_over_tls_with_a_ca_file_connects_and_a_wrong_one_doe
     right.stop().await;
     cancel.cancel();
 }
+
+/// Regression (6.14): the demo could only be pointed at a broker by address, so a user whose
+/// broker wants a username and password could not see it in their own Home Assistant. It now
+/// takes the `mqtt:` section of `--config`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_uses_the_broker_and_credentials_from_the_config() {
+    let broker = SecureBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "mqtt:\n  host: 127.0.0.1\n  port: {}\n  username: miner2mqtt\n  password: 1234\n",
+            broker.plain
+        ),
+    )
+    .unwrap();
+    let ha = Observer::connect_as(
+        broker.plain,
+        Some(("miner2mqtt", "1234")),
+        &["miner2mqtt/#"],
+    )
+    .await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_miner2mqtt"))
+        .args(["demo", "--no-table", "--poll-interval", "1s", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    ha.wait_for("miner2mqtt/bitaxe-gamma/state", WAIT, |m| {
+        m.json()["hashrate"].is_number()
+    })
+    .await;
+    // SAFETY: signalling the process we started, by its PID.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the demo did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

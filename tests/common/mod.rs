@@ -29,14 +29,26 @@ pub struct Mosquitto {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Keeps sessions and retained messages across restarts, as the HA add-on's broker does.
+    persistent: bool,
 }
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
+        Self::start_with(false)
+    }
+
+    /// A broker that saves its sessions on a graceful stop and loads them when started again.
+    pub fn start_persistent() -> Mosquitto {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> Mosquitto {
         let mut m = Mosquitto {
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            persistent,
         };
         m.spawn();
         m
@@ -44,10 +56,22 @@ impl Mosquitto {
 
     fn spawn(&mut self) {
         let conf = self.dir.path().join("mosquitto.conf");
+        let persistence = if self.persistent {
+            // Mosquitto started as root writes as the `mosquitto` user: let it.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o777))
+                .unwrap();
+            format!(
+                "persistence true\npersistence_location {}/\n",
+                self.dir.path().display()
+            )
+        } else {
+            "persistence false\n".to_string()
+        };
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n",
+                "listener {} 127.0.0.1\nallow_anonymous true\n{persistence}",
                 self.port
             ),
         )
@@ -81,6 +105,23 @@ impl Mosquitto {
     /// Kills the broker and starts a new one on the same port (retained messages are lost).
     pub fn restart(&mut self) {
         self.kill();
+        self.spawn();
+    }
+
+    /// Stops the broker as a service manager would (SIGTERM: a persistent broker saves its
+    /// sessions) and waits for it to exit.
+    pub fn stop_gracefully(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling the process we started, by its PID.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the broker again after `stop_gracefully`.
+    pub fn start_again(&mut self) {
         self.spawn();
     }
 
@@ -149,7 +190,8 @@ impl Observer {
         if let Some((user, pass)) = credentials {
             options.set_credentials(user, pass);
         }
-        options.set_max_packet_size(1 << 20, 1 << 20);
+        // Large enough for whatever a test sends past it (oversized-message tests).
+        options.set_max_packet_size(64 << 20, 64 << 20);
         options.set_keep_alive(Duration::from_secs(5));
         let (client, mut eventloop) = AsyncClient::new(options, 100);
         for f in filters {
