@@ -1,5 +1,6 @@
 //! `miner2mqtt demo`: the whole system with no hardware. A simulated fleet (Bitaxe Gamma and
-//! Supra, a v2.15 Gamma, a NerdQaxe++, an Avalon Nano 3S, an Antminer S19 Pro, an NMMiner), the broker on localhost:1883 if one answers or else an
+//! Supra, a v2.15 Gamma, a NerdQaxe++, an Avalon Nano 3S and an Avalon Q, an Antminer S19 Pro, an
+//! NMMiner), the broker on localhost:1883 if one answers or else an
 //! embedded one, the daemon, and a live table of what Home Assistant sees over MQTT.
 
 use crate::config::{self, Config, MinerKind, RawConfig, RawMiner};
@@ -107,6 +108,13 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     )
     .await?;
     names.push("avalon-nano3s");
+    let avalon_q = crate::sim::cgminer::start(
+        AvalonSpec::new(7, Model::Q),
+        "127.0.0.1:0".parse().expect("a socket address"),
+        cancel.clone(),
+    )
+    .await?;
+    names.push("avalon-q");
     let s19 = crate::sim::cgminer::start(
         AvalonSpec::new(6, Model::S19pro),
         "127.0.0.1:0".parse().expect("a socket address"),
@@ -157,6 +165,11 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     nano.admin_password = Some(config::Secret::new(&avalon.spec.admin_password));
     raw.miners.push(nano);
     raw.miners.push(RawMiner::new(
+        "avalon-q",
+        MinerKind::Avalon,
+        &avalon_q.addr.to_string(),
+    ));
+    raw.miners.push(RawMiner::new(
         "antminer-s19",
         MinerKind::Antminer,
         &s19.addr.to_string(),
@@ -199,6 +212,7 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         );
     }
     println!("  avalon-nano3s      Nano 3S  cgminer {}", avalon.addr);
+    println!("  avalon-q           Q        cgminer {}", avalon_q.addr);
     println!(
         "  antminer-s19       S19 Pro  cgminer {} (read-only)",
         s19.addr

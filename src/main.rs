@@ -63,7 +63,7 @@ enum Cmd {
         /// How many Avalon Nano devices (cgminer API), on free ports.
         #[arg(long, default_value_t = 0)]
         avalon: u32,
-        /// Their model: nano3 or nano3s.
+        /// Their model: nano3, nano3s, mini3, q (or s19pro, an Antminer).
         #[arg(long, default_value = "nano3s")]
         avalon_model: sim::cgminer::Model,
     },

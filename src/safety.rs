@@ -274,7 +274,7 @@ impl Limits {
             Command::Restart => Err("this miner cannot be restarted remotely".into()),
             Command::SetMining(_) if self.pause => Ok(()),
             Command::SetMining(_) => {
-                Err("pause and resume need ESP-Miner v2.14 or later".into())
+                Err("this miner cannot pause mining (ESP-Miner needs v2.14 or later; Avalon Mini 3 and Q have standby)".into())
             }
             Command::SelectPool(label) if self.pools.contains(label) => Ok(()),
             Command::SelectPool(label) => Err(if self.pools.is_empty() {

@@ -68,7 +68,7 @@ async fn an_avalon_appears_switches_mode_and_refuses_a_switch_while_calibrating(
         .json();
     let cmps = d["cmps"].as_object().unwrap();
     assert_eq!(d["dev"]["mf"], "Canaan");
-    assert_eq!(d["dev"]["mdl"], "Avalon Nano3s");
+    assert_eq!(d["dev"]["mdl"], "Avalon Nano 3S");
     assert_eq!(
         cmps["mode"]["options"],
         serde_json::json!(["low", "medium", "high"])
@@ -228,118 +228,6 @@ async fn an_antminer_appears_with_sensors_only_and_refuses_every_command() {
 }
 
 #[tokio::test]
-async fn simulator_replies_have_the_shape_of_the_captures() {
-    fn kind(v: &serde_json::Value) -> &'static str {
-        match v {
-            serde_json::Value::Null => "null",
-            serde_json::Value::Bool(_) => "bool",
-            serde_json::Value::Number(_) => "number",
-            serde_json::Value::String(_) => "string",
-            serde_json::Value::Array(_) => "array",
-            serde_json::Value::Object(_) => "object",
-        }
-    }
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let nano = cgminer::start(
-        AvalonSpec::new(7, Model::Nano3),
-        "127.0.0.1:0".parse().unwrap(),
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
-    let s19 = cgminer::start(
-        AvalonSpec::new(8, Model::S19pro),
-        "127.0.0.1:0".parse().unwrap(),
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
-    for (sim, command, fixture, list, index) in [
-        (
-            &nano,
-            "summary",
-            "cgminer-avalon/nano3_24071801_summary.json",
-            "SUMMARY",
-            0,
-        ),
-        (
-            &nano,
-            "stats",
-            "cgminer-avalon/nano3_24071801_stats.json",
-            "STATS",
-            0,
-        ),
-        (
-            &nano,
-            "version",
-            "cgminer-avalon/nano3s_25021401_version.json",
-            "VERSION",
-            0,
-        ),
-        (
-            &nano,
-            "pools",
-            "cgminer-avalon/avalonq_25052801_pools.json",
-            "POOLS",
-            0,
-        ),
-        (
-            &s19,
-            "summary",
-            "cgminer-antminer/s19pro_49.0.1.3_summary.json",
-            "SUMMARY",
-            0,
-        ),
-        (
-            &s19,
-            "stats",
-            "cgminer-antminer/s19pro_49.0.1.3_stats.json",
-            "STATS",
-            1,
-        ),
-        (
-            &s19,
-            "version",
-            "cgminer-antminer/s19pro_49.0.1.3_version.json",
-            "VERSION",
-            0,
-        ),
-        (
-            &s19,
-            "pools",
-            "cgminer-antminer/s19pro_49.0.1.3_pools.json",
-            "POOLS",
-            0,
-        ),
-    ] {
-        let real: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join(fixture)).unwrap()).unwrap();
-        let api = CgminerClient::new(&sim.addr.to_string(), Duration::from_secs(2));
-        let ours = api.request(command, None).await.unwrap();
-        let (r, o) = (&real[list][index], &ours[list][index]);
-        let wrong: Vec<String> = r
-            .as_object()
-            .unwrap()
-            .iter()
-            .filter_map(|(k, v)| match o.get(k) {
-                None => Some(format!("{k:?} missing")),
-                Some(mine) if kind(mine) != kind(v) => {
-                    Some(format!("{k:?} is {} not {}", kind(mine), kind(v)))
-                }
-                Some(_) => None,
-            })
-            .collect();
-        assert!(
-            wrong.is_empty(),
-            "{fixture}, the simulator's {command}: {wrong:?}"
-        );
-        assert_eq!(ours["STATUS"][0]["STATUS"], "S");
-    }
-    cancel.cancel();
-}
-
-#[tokio::test]
 async fn the_adapter_joins_commands_and_falls_back_to_the_plain_form() {
     use miner2mqtt::miner::avalon::AvalonClient;
     let cancel = tokio_util::sync::CancellationToken::new();
@@ -383,4 +271,82 @@ async fn the_adapter_joins_commands_and_falls_back_to_the_plain_form() {
     assert_eq!(r.telemetry.work_mode.as_deref(), Some("medium"));
     assert!(r.telemetry.power.is_some());
     cancel.cancel();
+}
+
+/// Issue 6.5: the Avalon Q, Canaan's home miner, as a Home Assistant device: its own modes
+/// (eco / standard / super), the mining switch as standby (`softoff`/`softon`), and power that
+/// is not read from the Nano's slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_avalon_q_goes_to_standby_from_the_mining_switch() {
+    let rig = Rig::start(vec![DeviceSpec::gamma(51, Firmware::V2_12)]).await;
+    let q = cgminer::start(
+        AvalonSpec::new(11, Model::Q),
+        "127.0.0.1:0".parse().unwrap(),
+        rig.cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let ha = &rig.ha;
+    let daemon = Daemon::start(rig.config(&["gamma"], |r| {
+        r.miners.push(miner2mqtt::config::RawMiner::new(
+            "q",
+            MinerKind::Avalon,
+            &q.addr.to_string(),
+        ));
+    }));
+    let topic = format!("homeassistant/device/miner2mqtt/{}/config", q.mac_string());
+    let d = ha
+        .wait_for(&topic, WAIT, |m| !m.payload.is_empty())
+        .await
+        .json();
+    let cmps = d["cmps"].as_object().unwrap();
+    assert_eq!(d["dev"]["mdl"], "Avalon Q");
+    assert_eq!(
+        cmps["mode"]["options"],
+        serde_json::json!(["eco", "standard", "super"])
+    );
+    assert!(cmps.get("mining").is_some(), "the Q has a mining switch");
+    let state = ha
+        .wait_for("miner2mqtt/q/state", WAIT, |m| {
+            m.json()["mode"] == "standard"
+        })
+        .await
+        .json();
+    assert_eq!(state["power"], 1674.0, "the output power, not PS slot 5");
+    assert_eq!(state["paused"], false);
+
+    let sent = Instant::now();
+    ha.publish("miner2mqtt/q/set/mining", "OFF").await;
+    let off = ha
+        .wait_after(sent, "miner2mqtt/q/state", WAIT, |m| {
+            m.json()["paused"] == true
+        })
+        .await
+        .json();
+    assert!(q.snapshot().soft_off);
+    assert_eq!(off["hashrate"], 0.0);
+    assert_eq!(
+        off["power"],
+        serde_json::Value::Null,
+        "standby: not a PSU guess"
+    );
+    assert_eq!(
+        off["asic_temp"],
+        serde_json::Value::Null,
+        "TAvg[0] is no reading"
+    );
+    assert!(q
+        .snapshot()
+        .commands
+        .iter()
+        .any(|c| c.starts_with("ascset|0,softoff,1:")));
+
+    let sent = Instant::now();
+    ha.publish("miner2mqtt/q/set/mining", "ON").await;
+    ha.wait_after(sent, "miner2mqtt/q/state", WAIT, |m| {
+        m.json()["paused"] == false && m.json()["hashrate"].as_f64().unwrap_or(0.0) > 0.0
+    })
+    .await;
+    assert!(!q.snapshot().soft_off);
+    daemon.stop().await;
 }

@@ -4,7 +4,7 @@ use miner2mqtt::miner::cgminer::{
     blob_get, blob_numbers, parse_bracket_blob, parse_json_reply, parse_plain_reply,
 };
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn dir() -> PathBuf {
     std::env::var_os("MINER2MQTT_FIXTURES")
@@ -149,11 +149,26 @@ fn antminer_rates_are_gh_and_chains_are_strings() {
 #[test]
 fn avalon_readings_from_the_captured_nano3_and_nano3s() {
     use miner2mqtt::miner::avalon::parse_reading;
-    // Nano 3: summary + stats captured together; no version capture, so the model is given.
+    // Nano 3: summary + stats captured together, and the same firmware's real version reply.
     let summary = parse_json_reply(&load("cgminer-avalon/nano3_24071801_summary.json")).unwrap();
     let stats = parse_json_reply(&load("cgminer-avalon/nano3_24071801_stats.json")).unwrap();
-    let version = serde_json::json!({ "MODEL": "Nano3", "PROD": "Avalon Nano3" });
-    let r = parse_reading(&version, &summary, &stats, &Value::Null, None, false);
+    let version = parse_json_reply(&local("cgminer-avalon/nano3_24071801_version.json")).unwrap();
+    let r = parse_reading(
+        &version["VERSION"][0],
+        &summary,
+        &stats,
+        &Value::Null,
+        None,
+        false,
+    );
+    // Regression (issue 10.1): version has no MAC or DNA and the blob's DNA is zero; the hash
+    // board's HDNA is a stable id, so HA entities keep their identity if the name changes.
+    assert_eq!(
+        r.identity.hardware_id.as_deref(),
+        Some("dna02010000d89ada98")
+    );
+    assert_eq!(r.identity.model, "Avalon Nano 3");
+    assert_eq!(r.identity.firmware.as_deref(), Some("24071801_42c628d"));
     let t = &r.telemetry;
     assert_eq!(t.hashrate, Some(3332.40));
     assert_eq!(t.power, Some(92.0), "Nano 3 power is PS slot 5");
@@ -187,7 +202,7 @@ fn avalon_readings_from_the_captured_nano3_and_nano3s() {
         true,
     );
     assert_eq!(r.identity.hardware_id.as_deref(), Some("e0e1a93f3053"));
-    assert_eq!(r.identity.model, "Avalon Nano3s");
+    assert_eq!(r.identity.model, "Avalon Nano 3S");
     assert_eq!(r.identity.asic_model.as_deref(), Some("A3197S"));
     assert_eq!(r.telemetry.power, Some(133.0), "Nano 3S power is PS slot 6");
     assert_eq!(r.telemetry.work_mode.as_deref(), Some("high"));
@@ -290,4 +305,87 @@ fn a_liquid_cooled_antminer_gets_no_fan_sensors() {
     let r = parse_reading(&version["VERSION"][0], &summary, &stats, &pools);
     assert_eq!(r.telemetry.fan_rpm, Some(6000.0));
     assert_eq!(r.telemetry.extra["fan2_rpm"], Some(0.0));
+}
+
+/// A file of the fixtures kept in this repository (tests/fixtures, see its PROVENANCE.md).
+fn local(path: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(path),
+    )
+    .unwrap_or_else(|e| panic!("tests/fixtures/{path}: {e}"))
+}
+
+/// Regression (issue 6.4/6.5): an idle Avalon Q was read with the Nano 3's rules — 2,245 W from
+/// the wrong `PS` slot and 0 °C from `TAvg[0]`. Its own rules: power from `WALLPOWER`, else the
+/// output-power slot while it works; in standby, unknown; a zero temperature is no reading.
+#[test]
+fn an_idle_avalon_q_reads_by_its_own_rules() {
+    use miner2mqtt::miner::avalon::parse_reading;
+    let version = parse_json_reply(&load("cgminer-avalon/avalonq_25052801_version.json")).unwrap();
+    let summary = parse_json_reply(&load("cgminer-avalon/avalonq_25052801_summary.json")).unwrap();
+    let stats = parse_json_reply(&load("cgminer-avalon/avalonq_25052801_stats.json")).unwrap();
+    let pools = parse_json_reply(&load("cgminer-avalon/avalonq_25052801_pools.json")).unwrap();
+    let r = parse_reading(&version["VERSION"][0], &summary, &stats, &pools, None, true);
+    let t = &r.telemetry;
+    assert_eq!(r.identity.model, "Avalon Q");
+    assert_eq!(r.identity.hardware_id.as_deref(), Some("aabbccddeeff"));
+    assert_eq!(r.identity.firmware.as_deref(), Some("25052801_14a19a2"));
+    assert_eq!(t.power, None, "standby (SoftOFF[4], In Idle): not 2,245 W");
+    assert_eq!(t.asic_temp, None, "TAvg[0] on an idle unit is no reading");
+    assert_eq!(t.paused, Some(true), "SoftOFF[4]");
+    assert_eq!(t.work_mode.as_deref(), Some("eco"), "WORKMODE[0]");
+    assert_eq!(t.hashrate, Some(0.0));
+    let c = &r.capabilities;
+    assert_eq!(c.work_modes, ["eco", "standard", "super"]);
+    assert!(c.pause, "the Q has softoff/softon: the mining switch");
+    assert!(c.fan_speed && c.restart);
+    assert!(!c.pools.is_empty());
+}
+
+/// Regression (issue 6.4): an AvalonMiner 1566 read with the Nano's slot 5 reported 1,188 W
+/// where its `WALLPOWER` says 3,731 W. A model miner2mqtt does not know gets generic telemetry,
+/// power only from `WALLPOWER`, and no controls.
+#[test]
+fn an_unknown_avalon_gets_generic_telemetry_and_its_wall_power() {
+    use miner2mqtt::miner::avalon::parse_reading;
+    let version = parse_json_reply(&local("cgminer-avalon/a1566_24102401_version.json")).unwrap();
+    let estats = parse_json_reply(&local("cgminer-avalon/a1566_24102401_estats.json")).unwrap();
+    let r = parse_reading(
+        &version["VERSION"][0],
+        &Value::Null,
+        &estats,
+        &Value::Null,
+        None,
+        true,
+    );
+    let t = &r.telemetry;
+    assert_eq!(r.identity.model, "AvalonMiner 15-194");
+    assert_eq!(t.power, Some(3731.0), "WALLPOWER, not PS slot 5 (1188)");
+    assert_eq!(t.hashrate, Some(199241.07));
+    assert_eq!(t.asic_temp, Some(70.0));
+    assert_eq!(t.fan_rpm, Some(4275.0));
+    assert_eq!(t.work_mode, None, "its work modes are not known");
+    let c = &r.capabilities;
+    assert!(!c.fan_speed && !c.auto_fan && !c.restart && !c.pause);
+    assert!(c.work_modes.is_empty() && c.pools.is_empty());
+
+    // Without WALLPOWER: no power at all rather than a guessed slot.
+    let mut estats = estats;
+    let blob = estats["STATS"][0]["MM ID0"]
+        .as_str()
+        .unwrap()
+        .replace("WALLPOWER[3731]", "");
+    estats["STATS"][0]["MM ID0"] = blob.into();
+    let r = parse_reading(
+        &version["VERSION"][0],
+        &Value::Null,
+        &estats,
+        &Value::Null,
+        None,
+        true,
+    );
+    assert_eq!(r.telemetry.power, None);
+    assert!(r.capabilities.absent_sensors.contains(&"power"));
 }

@@ -19,6 +19,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// The demo's devices: the bridge and eight miners.
+const DEVICES: usize = 9;
+
 /// One component of a discovery payload, as HA should have registered it.
 #[derive(Debug, Clone)]
 struct Component {
@@ -196,9 +199,9 @@ async fn the_demo_in_a_real_home_assistant() {
         let components = discovered(&observer, "miner2mqtt");
         let devices: std::collections::BTreeSet<&str> =
             components.iter().map(|c| c.device_id.as_str()).collect();
-        let why = if devices.len() < 8 {
+        let why = if devices.len() < DEVICES {
             format!(
-                "{} of 8 devices (bridge and seven miners) discovered",
+                "{} of {DEVICES} devices (the bridge and the demo's miners) discovered",
                 devices.len()
             )
         } else {
@@ -215,9 +218,8 @@ async fn the_demo_in_a_real_home_assistant() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     eprintln!(
-        "{} components of {} devices are entities in HA",
-        components.len(),
-        8
+        "{} components of {DEVICES} devices are entities in HA",
+        components.len()
     );
 
     // Sensors carry values: every miner's hashrate is a number.
@@ -227,6 +229,7 @@ async fn the_demo_in_a_real_home_assistant() {
         "bitaxe-gamma-215",
         "nerdqaxe",
         "avalon-nano3s",
+        "avalon-q",
         "antminer-s19",
         "nmminer-lotto",
     ];

@@ -1,20 +1,132 @@
-//! Avalon Nano 3 and Nano 3S over the cgminer API (TCP 4028).
+//! Canaan Avalon miners over the cgminer API (TCP 4028): the home models — Nano 3, Nano 3S,
+//! Mini 3 (the heater) and Q — each read by its own rules, and any other Avalon with the
+//! telemetry every cgminer reports.
 //!
-//! Identity from `version` (`MAC`, else `DNA`); telemetry from `summary` (MH/s), `estats` (the
-//! `MM ID0` blob: `GHSspd` real-time GH/s, `PS[…]` power — slot 5 on the Nano 3, slot 6 on the
-//! Nano 3S —, `TAvg`, `Fan1`, `FanR`, `WORKMODE` or, on the Nano 3, `WORKLEVEL`; `ITemp[-273]`
-//! means no reading) and `pools`. Control through `ascset`: `0,workmode,set,N` (119 ok, 118 info,
-//! 120 failed; "caling Don't permit switch mode" while calibrating is a retry-later),
-//! `0,fan-spd,N` (15–100, −1 auto), `0,reboot,0`, and `setpool` with the web admin password.
-//! These devices have no `addpool`, `restart` or `softoff`: nothing here offers them.
+//! Identity from `version` (`MAC`, else `DNA`; a Nano 3 reports neither there, so the non-zero
+//! `DNA` or hash-board `HDNA` of its `MM ID0` blob). Telemetry from `summary` (MH/s), `estats`
+//! (the `MM ID0` blob: `GHSspd`, `TAvg`, `Fan1`, `FanR`, `WORKMODE`/`WORKLEVEL`, `SoftOFF`, and the
+//! power in the model's own field — see `Model`) and `pools`. One model's slot table is never
+//! applied to another: an Avalon this module does not know gets power only from an explicit
+//! `WALLPOWER` and no controls, with one warning naming it.
+//!
+//! Control through `ascset`: `0,workmode,set,N` (119 ok, 118 info, 120 failed; "caling Don't
+//! permit switch mode" while calibrating is a retry-later), `0,fan-spd,N` (15–100, −1 auto),
+//! `0,softoff,1:<time>` / `0,softon,1:<time>` (Mini 3, Q), `0,reboot,0`, and `setpool` with the
+//! web admin password.
 
 use super::cgminer::{blob_get, blob_numbers, parse_bracket_blob, plain_as_json, CgminerClient};
 use super::{Capabilities, Command, Identity, MinerError, PoolChoice, Reading, Telemetry};
 use serde_json::Value;
 use std::time::Duration;
 
-/// The work modes by code.
+/// The Nano's work modes by code.
 pub const WORK_MODES: [&str; 3] = ["low", "medium", "high"];
+
+/// Where a model reports the power it draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerField {
+    /// One slot of `PS[…]`: the Nano 3's is 5 (92 W against `MPO[90]`), the Nano 3S's is 6
+    /// (133 W against `MPO[133]`).
+    PsSlot(usize),
+    /// `WALLPOWER[…]`, else `PS` slot 6 (the output power in Canaan's layout), but only while
+    /// the unit works: in standby the PSU's figure is not what it draws.
+    WallPowerOrPs6,
+    /// `WALLPOWER[…]` only: a model whose `PS` layout is not known.
+    WallPowerOnly,
+}
+
+/// The Avalon models this module knows, and what each reports and accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Model {
+    Nano3,
+    Nano3s,
+    Mini3,
+    Q,
+    /// Any other Avalon (A10–A15 series, …), by the name it reports.
+    Other(String),
+}
+
+impl Model {
+    /// From `version`: `MODEL` where it is one we know, else `PROD` (the Nano 3 says
+    /// "Avalonnano"/"nano3", the Nano 3S "Avalon Nano3s"/"Nano3s", the Q "Avalon Q"/"Q", the
+    /// Mini 3 "Avalon Mini3").
+    pub fn from_version(version: &Value) -> Model {
+        let norm = |key: &str| -> String {
+            version[key]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .collect::<String>()
+                .to_ascii_lowercase()
+        };
+        let (model, prod) = (norm("MODEL"), norm("PROD"));
+        let known = |m: &str| match m {
+            "nano3" | "avalonnano3" => Some(Model::Nano3),
+            "nano3s" | "avalonnano3s" => Some(Model::Nano3s),
+            "mini3" | "avalonmini3" => Some(Model::Mini3),
+            "q" | "avalonq" => Some(Model::Q),
+            _ => None,
+        };
+        known(&model)
+            .or_else(|| known(&prod))
+            .or_else(|| (prod == "avalonnano").then_some(Model::Nano3))
+            .unwrap_or_else(|| {
+                let name = version["PROD"]
+                    .as_str()
+                    .or_else(|| version["MODEL"].as_str())
+                    .unwrap_or("Avalon")
+                    .trim()
+                    .to_string();
+                Model::Other(if name.is_empty() {
+                    "Avalon".into()
+                } else {
+                    name
+                })
+            })
+    }
+
+    /// The name shown in Home Assistant.
+    pub fn name(&self) -> String {
+        match self {
+            Model::Nano3 => "Avalon Nano 3".into(),
+            Model::Nano3s => "Avalon Nano 3S".into(),
+            Model::Mini3 => "Avalon Mini 3".into(),
+            Model::Q => "Avalon Q".into(),
+            Model::Other(name) => name.clone(),
+        }
+    }
+
+    pub fn power_field(&self) -> PowerField {
+        match self {
+            Model::Nano3 => PowerField::PsSlot(5),
+            Model::Nano3s => PowerField::PsSlot(6),
+            Model::Mini3 | Model::Q => PowerField::WallPowerOrPs6,
+            Model::Other(_) => PowerField::WallPowerOnly,
+        }
+    }
+
+    /// The work modes by `WORKMODE` code: the Nano's low/medium/high; the Mini 3 heater's
+    /// heating/mining/night; the Q's eco/standard/super. None for models not known.
+    pub fn work_modes(&self) -> &'static [&'static str] {
+        match self {
+            Model::Nano3 | Model::Nano3s => &WORK_MODES,
+            Model::Mini3 => &["heating", "mining", "night"],
+            Model::Q => &["eco", "standard", "super"],
+            Model::Other(_) => &[],
+        }
+    }
+
+    /// Whether the firmware takes `softoff`/`softon` (standby without a reboot).
+    pub fn soft_off(&self) -> bool {
+        matches!(self, Model::Mini3 | Model::Q)
+    }
+
+    /// Whether miner2mqtt may write to it at all (modes, fan, pools, restart).
+    pub fn known(&self) -> bool {
+        !matches!(self, Model::Other(_))
+    }
+}
 
 /// Talks to one Avalon Nano.
 pub struct AvalonClient {
@@ -50,7 +162,11 @@ impl AvalonClient {
     pub async fn poll(&mut self) -> Result<Reading, MinerError> {
         if self.version.is_none() {
             let v = self.read("version", "VERSION").await?;
-            self.version = Some(v["VERSION"][0].clone());
+            let version = v["VERSION"][0].clone();
+            if let Model::Other(name) = Model::from_version(&version) {
+                tracing::warn!(addr = %self.api.addr, model = %name, "this Avalon model is not one miner2mqtt knows: it gets generic cgminer telemetry (hashrate, temperature, fans, pools), power only from an explicit WALLPOWER field, and no controls");
+            }
+            self.version = Some(version);
         }
         let (summary, estats) = self.summary_and_estats().await?;
         let pools = self.read("pools", "POOLS").await?;
@@ -151,6 +267,24 @@ impl AvalonClient {
             }
             Command::Restart => self.ascset("0,reboot,0").await,
             Command::SelectPool(label) => self.select_pool(label).await,
+            Command::SetMining(on) => {
+                // Standby and wake-up take a time to act at; a few seconds from now, as the
+                // vendor's app does.
+                let at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() + 5)
+                    .unwrap_or(0);
+                let what = if *on { "softon" } else { "softoff" };
+                match self.ascset(&format!("0,{what},1:{at}")).await {
+                    // The firmware may close the connection without a reply to softon.
+                    Err(MinerError::Malformed { reason, .. })
+                        if *on && reason.contains("empty reply") =>
+                    {
+                        Ok(())
+                    }
+                    other => other,
+                }
+            }
             other => Err(MinerError::Unsupported {
                 what: other.describe(),
             }),
@@ -241,6 +375,7 @@ pub fn parse_reading(
     fan_manual: Option<Option<u8>>,
     can_select_pools: bool,
 ) -> Reading {
+    let model = Model::from_version(version);
     let s = &summary["SUMMARY"][0];
     let stats = &estats["STATS"][0];
     let blob_text = stats
@@ -250,25 +385,37 @@ pub fn parse_reading(
         .unwrap_or("");
     let blob = parse_bracket_blob(blob_text);
     let num = |key: &str| blob_get(&blob, key).and_then(|v| blob_numbers(v).first().copied());
-    let model = version["MODEL"].as_str().unwrap_or("").to_string();
-    let is_3s = model.to_ascii_lowercase().ends_with('s');
-    let power = blob_get(&blob, "PS")
-        .map(blob_numbers)
-        .and_then(|ps| ps.get(if is_3s { 6 } else { 5 }).copied())
-        .filter(|w| *w > 0.0);
+    let soft_off = num("SoftOFF").map(|v| v > 0.0);
+    let working = blob_get(&blob, "SYSTEMSTATU").is_none_or(|st| st.contains("In Work"))
+        && soft_off != Some(true);
+    let ps = blob_get(&blob, "PS").map(blob_numbers).unwrap_or_default();
+    let wall = num("WALLPOWER").filter(|w| *w > 0.0);
+    let power = match model.power_field() {
+        PowerField::PsSlot(slot) => ps.get(slot).copied().filter(|w| *w > 0.0),
+        PowerField::WallPowerOrPs6 => wall.or_else(|| {
+            working
+                .then(|| ps.get(6).copied())
+                .flatten()
+                .filter(|w| *w > 0.0)
+        }),
+        PowerField::WallPowerOnly => wall,
+    };
+    let modes = model.work_modes();
     let mode = num("WORKMODE").or_else(|| num("WORKLEVEL"));
     let active = pools["POOLS"].as_array().and_then(|l| {
         l.iter()
             .find(|p| p["Stratum Active"].as_bool() == Some(true) || p["Stratum Active"] == "true")
     });
     let slots = pool_slots(pools);
+    // A temperature of 0 (an idle unit) or -273 (no sensor) is no reading.
+    let temp = |key: &str| num(key).filter(|t| *t > 0.0);
     let telemetry = Telemetry {
         hashrate: num("GHSspd").or_else(|| s["MHS 5s"].as_f64().map(|m| m / 1000.0)),
         expected_hashrate: None,
         power,
         input_voltage: None,
         current: None,
-        asic_temp: num("TAvg").filter(|t| *t > -273.0),
+        asic_temp: temp("TAvg").or_else(|| temp("TMax")),
         vr_temp: None,
         fan_speed: num("FanR"),
         fan_rpm: num("Fan1"),
@@ -280,7 +427,9 @@ pub fn parse_reading(
         shares_rejected: s["Rejected"].as_u64(),
         best_difficulty: s["Best Share"].as_f64(),
         best_session_difficulty: None,
-        uptime: s["Elapsed"].as_u64(),
+        uptime: s["Elapsed"]
+            .as_u64()
+            .or_else(|| num("Elapsed").map(|e| e as u64)),
         rssi: None,
         pool: active.and_then(|p| p["URL"].as_str()).map(pool_label),
         pool_user: active
@@ -288,53 +437,71 @@ pub fn parse_reading(
             .filter(|u| !u.is_empty())
             .map(str::to_string),
         firmware_overheat: None,
-        paused: num("SoftOFF").map(|v| v > 0.0),
+        paused: soft_off,
         work_mode: mode
-            .and_then(|m| WORK_MODES.get(m as usize))
+            .and_then(|m| modes.get(m as usize))
             .map(|m| m.to_string()),
         extra: Default::default(),
     };
     let mac = version["MAC"]
         .as_str()
-        .filter(|m| !m.is_empty())
+        .and_then(super::axeos::normalise_mac);
+    // A serial: `DNA` in version, else the blob's own `DNA`, else the hash board's `HDNA` (the
+    // Nano 3 reports no MAC or DNA in version and a zero DNA in its blob).
+    let dna = [
+        version["DNA"].as_str(),
+        blob_get(&blob, "DNA"),
+        blob_get(&blob, "HDNA"),
+    ]
+    .into_iter()
+    .flatten()
+    .map(str::trim)
+    .find(|d| {
+        !d.is_empty() && d.chars().all(|c| c.is_ascii_hexdigit()) && d.chars().any(|c| c != '0')
+    })
+    .map(|d| format!("dna{}", d.to_ascii_lowercase()));
+    let firmware = version["LVERSION"]
+        .as_str()
+        .or_else(|| version["VERSION"].as_str())
+        .or_else(|| blob_get(&blob, "LVer"))
         .map(str::to_string);
-    let hardware_id = mac
-        .as_deref()
-        .and_then(super::axeos::normalise_mac)
-        .or_else(|| {
-            version["DNA"]
-                .as_str()
-                .filter(|d| d.chars().all(|c| c.is_ascii_hexdigit()) && !d.is_empty())
-                .map(|d| format!("dna{d}"))
-        });
     let identity = Identity {
-        hardware_id,
-        mac: mac
-            .as_deref()
-            .and_then(super::axeos::normalise_mac)
-            .map(|hex| {
-                hex.as_bytes()
-                    .chunks(2)
-                    .map(|c| String::from_utf8_lossy(c).into_owned())
-                    .collect::<Vec<_>>()
-                    .join(":")
-            }),
+        hardware_id: mac.clone().or(dna),
+        mac: mac.map(|hex| {
+            hex.as_bytes()
+                .chunks(2)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect::<Vec<_>>()
+                .join(":")
+        }),
         manufacturer: "Canaan".into(),
-        model: version["PROD"].as_str().unwrap_or("Avalon").to_string(),
+        model: model.name(),
         hostname: None,
-        firmware: version["LVERSION"].as_str().map(str::to_string),
+        firmware,
         asic_model: blob_get(&blob, "Core").map(str::to_string),
         asic_count: 1,
     };
+    let known = model.known();
+    let mut absent_sensors = vec![
+        "expected_hashrate",
+        "vr_temp",
+        "input_voltage",
+        "current",
+        "rssi",
+    ];
+    if model.power_field() == PowerField::WallPowerOnly && wall.is_none() {
+        absent_sensors.extend(["power", "efficiency"]);
+    }
     let capabilities = Capabilities {
         frequency_options: None,
         core_voltage_options: None,
-        fan_speed: true,
+        // Fan control is known on the Nano and the Q (its `ascset help` lists fan-spd).
+        fan_speed: matches!(model, Model::Nano3 | Model::Nano3s | Model::Q),
         fan_min: 15,
-        auto_fan: true,
-        restart: true,
-        pause: false,
-        pools: if can_select_pools {
+        auto_fan: matches!(model, Model::Nano3 | Model::Nano3s | Model::Q),
+        restart: known,
+        pause: model.soft_off(),
+        pools: if can_select_pools && known {
             slots
                 .iter()
                 .filter(|(u, _)| !u.is_empty())
@@ -345,14 +512,8 @@ pub fn parse_reading(
         } else {
             Vec::new()
         },
-        work_modes: WORK_MODES.iter().map(|m| m.to_string()).collect(),
-        absent_sensors: vec![
-            "expected_hashrate",
-            "vr_temp",
-            "input_voltage",
-            "current",
-            "rssi",
-        ],
+        work_modes: modes.iter().map(|m| m.to_string()).collect(),
+        absent_sensors,
         extra_sensors: Vec::new(),
     };
     Reading {

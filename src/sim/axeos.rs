@@ -844,6 +844,7 @@ pub fn serve(spec: DeviceSpec, listener: TcpListener, cancel: CancellationToken)
         reboot: Mutex::new(CancellationToken::new()),
     });
     let app = Router::new()
+        .route("/", get(index))
         .route("/api/system/info", get(info))
         .route("/api/system/asic", get(asic))
         .route("/api/system", patch(patch_system))
@@ -907,6 +908,16 @@ async fn inject(shared: &Shared) -> Option<Response> {
 
 fn json_response(body: String) -> Response {
     ([("content-type", "application/json")], body).into_response()
+}
+
+/// The web UI's entry page: AxeOS is an Angular app whose `index.html` is titled "AxeOS", which
+/// other tools (and a LAN scan) use to recognise the device.
+async fn index(State(shared): State<Arc<Shared>>) -> Response {
+    if let Some(r) = inject(&shared).await {
+        return r;
+    }
+    let page = "<!doctype html>\n<html lang=\"en\">\n<head>\n  <meta charset=\"utf-8\">\n  <title>AxeOS</title>\n  <base href=\"/\">\n  <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n  <link rel=\"icon\" type=\"image/x-icon\" href=\"favicon.ico\">\n  <link rel=\"stylesheet\" href=\"styles.css\">\n</head>\n<body>\n  <app-root></app-root>\n  <script src=\"runtime.js\" type=\"module\"></script><script src=\"main.js\" type=\"module\"></script>\n</body>\n</html>\n";
+    ([(axum::http::header::CONTENT_TYPE, "text/html")], page).into_response()
 }
 
 async fn info(State(shared): State<Arc<Shared>>) -> Response {

@@ -1,13 +1,18 @@
-//! An Avalon Nano 3 / Nano 3S speaking the cgminer API over real TCP: one request per
+//! An Avalon Nano 3 / Nano 3S / Mini 3 / Q (and a stock Antminer S19 Pro) speaking the cgminer
+//! API over real TCP: one request per
 //! connection, JSON (`{"command":…,"parameter":…}`) or plain text (`summary|`), replies ended by
 //! a NUL. Models the three work modes (hashrate and power per mode, a calibration period after a
 //! change during which another change is refused with the firmware's "caling Don't permit switch
 //! mode"), the fan (15–100 % or auto), three pool slots set with the admin password, and reboot.
 //!
-//! Layouts follow the captured firmware: the Nano 3 reports its level as `WORKLEVEL` and its wall
-//! power in `PS` slot 5; the Nano 3S reports `WORKMODE` and the power in slot 6. Like the real
-//! firmware, `estats` arrives with a dangling comma (`,}`). Fault knobs: truncated replies,
-//! offline.
+//! Layouts follow the captured firmware: the Nano 3 answers `version` as "Avalonnano"/"nano3"
+//! without MAC or DNA, reports its level as `WORKLEVEL`, a zero `DNA` and a hash-board `HDNA` in
+//! its blob, and its wall power in `PS` slot 5; the Nano 3S reports `WORKMODE` and the power in
+//! slot 6; the Q (and the Mini 3, shaped like it) put the blob behind `'STATS':{` under
+//! `MM ID0:Summary` with per-chip `HBinfo`, and go to standby on `softoff` (`SoftOFF[n]`, "In
+//! Idle", no hashrate, fans stopped). `stats` carries the `POOL0..2` entries and `devs` answers
+//! as cgminer does. Like the real firmware, `estats` arrives with a dangling comma (`,}`). Fault
+//! knobs: truncated replies, offline.
 
 use rand::Rng;
 use serde_json::{json, Value};
@@ -24,6 +29,10 @@ use tokio_util::sync::CancellationToken;
 pub enum Model {
     Nano3,
     Nano3s,
+    /// The heater: modes heating / mining / night.
+    Mini3,
+    /// The home miner: modes eco / standard / super.
+    Q,
     /// Antminer S19 Pro on stock bmminer: read-only, three chains.
     S19pro,
 }
@@ -34,20 +43,29 @@ impl std::str::FromStr for Model {
         match s.to_ascii_lowercase().as_str() {
             "nano3" => Ok(Model::Nano3),
             "nano3s" => Ok(Model::Nano3s),
+            "mini3" => Ok(Model::Mini3),
+            "q" | "avalonq" => Ok(Model::Q),
             "s19pro" | "antminer" => Ok(Model::S19pro),
             other => Err(format!(
-                "unknown Avalon model {other:?}: use nano3 or nano3s"
+                "unknown Avalon model {other:?}: use nano3, nano3s, mini3, q or s19pro"
             )),
         }
     }
 }
 
 impl Model {
+    /// Whether the firmware has standby (`softoff`/`softon`).
+    fn soft_off(self) -> bool {
+        matches!(self, Model::Mini3 | Model::Q)
+    }
+
     /// (TH/s, W) per work mode 0, 1, 2.
     fn modes(self) -> [(f64, f64); 3] {
         match self {
             Model::Nano3 => [(2.0, 50.0), (3.3, 90.0), (4.0, 140.0)],
             Model::Nano3s => [(3.5, 70.0), (5.0, 100.0), (6.6, 133.0)],
+            Model::Mini3 => [(37.5, 800.0), (40.0, 850.0), (25.0, 500.0)],
+            Model::Q => [(60.0, 1100.0), (90.0, 1674.0), (100.0, 1900.0)],
             Model::S19pro => [(110.0, 3250.0); 3],
         }
     }
@@ -101,6 +119,8 @@ struct Device {
     accepted: u64,
     rejected: u64,
     commands: Vec<String>,
+    /// In standby after `softoff` (Mini 3, Q).
+    soft_off: bool,
 }
 
 impl Device {
@@ -121,6 +141,9 @@ impl Device {
     }
 
     fn hashrate_ghs(&self) -> f64 {
+        if self.soft_off {
+            return 0.0;
+        }
         let (ths, _) = self.spec.model.modes()[self.mode as usize];
         // During calibration the chips run at a fraction of their rate.
         let ramp = if self.calibrating() { 0.4 } else { 1.0 };
@@ -129,6 +152,11 @@ impl Device {
 
     fn power(&self) -> f64 {
         self.spec.model.modes()[self.mode as usize].1
+    }
+
+    /// The rate the firmware expects in this mode (`GHSmm`), not the live one.
+    fn nominal_ghs(&self) -> f64 {
+        self.spec.model.modes()[self.mode as usize].0 * 1000.0
     }
 
     fn fan_pct(&self) -> u8 {
@@ -147,39 +175,102 @@ impl Device {
         json!([{ "STATUS": kind, "When": 1765004019u64 + self.booted.elapsed().as_secs(), "Code": code, "Msg": msg, "Description": "cgminer 4.11.1" }])
     }
 
+    /// Ten per-chip readings with a little spread, as `PVT_T0[…]` and the like print them.
+    fn per_chip(base: u32, n: usize, width: usize) -> String {
+        (0..n)
+            .map(|i| format!("{:>width$}", base + (i as u32 * 7) % 5))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The `MM ID0` blob of a Nano, with every key the captured firmware prints.
     fn blob(&self) -> String {
         let hr = self.hashrate_ghs();
-        let (ver, ps) = match self.spec.model {
-            Model::Nano3 => (
-                "nano3-24071801_42c628d",
-                format!("PS[0 0 0 3 2780 {} 314]", self.power() as u32),
+        let nominal = self.nominal_ghs();
+        let temps = (
+            45 + self.mode as u32 * 5,
+            80 + self.mode as u32 * 5,
+            75 + self.mode as u32 * 5,
+        );
+        let fan = self.fan_pct();
+        let elapsed = self.booted.elapsed().as_secs();
+        let mhex = self.mac_hex();
+        let freq = [350.0, 420.0, 464.89][self.mode as usize];
+        let power = self.power() as u32;
+        match self.spec.model {
+            Model::Nano3 => format!(
+                "HashStatus[1] Ver[nano3-24071801_42c628d] HVer[24071801_b906c52_6223725]  DNA[0000000000000000]  HDNA[0201{mhex}]  PFCnt[0] NETFAIL[0 0 0 0 0 0 0 0] Elapsed[{elapsed}] LW[2540537] MH[0] DHW[0] HW[0] DH[1.474%] Temp[{t0}] OTemp[{t0}] TMax[{t1}] TAvg[{t2}] TarT[85] Fan1[{rpm}] FanR[{fan}%] Vo[0] PS[0 0 0 3 2780 {power} 314] GHSspd[{hr:.2}] DHspd[1.474%] GHSmm[{nominal:.2}] GHSavg[{hr:.2}] WU[42534.25] Freq[0.00] Led[0] MGHS[{hr:.2}] MTmax[{t1}] MTavg[{t2}] TA[10] Core[A3198S] PING[166] SoftOFF[0] ECHU[0] ECMM[0] PLL0[0 258 321 1191] SF0[100 447 467 487] PVT_T0[{pvt}] PVT_V0[{pvv}] MW0[{mw}] CRC[0] ATA0[60-80-306-100:293:313:333] ATA1[90-85-314-100:447:467:487] ATA2[125-90-334-100:574:594:614] WORKLEVEL[{mode}] MPO[{power}] ADJ[1]",
+                t0 = temps.0, t1 = temps.1, t2 = temps.2, rpm = fan as u32 * 35, mode = self.mode,
+                pvt = Self::per_chip(temps.2, 10, 3), pvv = Self::per_chip(300, 10, 3), mw = Self::per_chip(2150, 10, 4),
             ),
-            Model::Nano3s | Model::S19pro => (
-                "Nano3s-25021401_56abae7",
-                format!("PS[0 0 27541 4 0 3756 {}]", self.power() as u32),
-            ),
+            Model::Nano3s | Model::S19pro => {
+                let state = if self.calibrating() { "Work: In Calibration" } else { "Work: In Work" };
+                format!(
+                    "Ver[Nano3s-25021401_56abae7] LVer[25021401_56abae7] BVer[25021401_56abae7] FW[Release] LED[0-0] LEDUser[0-100-100-5-0-255] LcdOnoff[1] LcdSwitch[2] DNA[0201{mhex}] MEMFREE[63728] PFCnt[0] NETFAIL[0 0 0 0 0 0 0 0] SYSTEMSTATU[{state}, Hash Board: 1] Elapsed[{elapsed}] BOOTBY[0x01.00000000] LW[7753951] MH[0] DHW[0] HW[0] DH[2.374%] ITemp[-273] OTemp[{t0}] TMax[{t1}] TAvg[{t2}] TarT[90] Fan1[{rpm}] FanR[{fan}%] PS[0 0 27541 4 0 3756 {power}] GHSspd[{hr:.2}] DHspd[2.374%] GHSmm[{nominal:.2}] GHSavg[{hr:.2}] WU[93530.53] Freq[{freq}] MGHS[{hr:.2}] MTmax[{t1}] MTavg[{t2}] TA[12] Core[A3197S] BIN[60] PING[78] SoftOFF[0] ECHU[0] ECMM[0] PLL0[499 254 423 648] SF0[432 450 471 492] PVT_T0[{pvt}] PVT_V0[{pvv}] MW0[{mw}] CRC[0] COMCRC[0] ATA2[133-90-3756-432-20] WORKMODE[{mode}] WORKLEVEL[0] MPO[{power}] CALIALL[7] ADJ[1]",
+                    t0 = temps.0, t1 = temps.1, t2 = temps.2, rpm = fan as u32 * 35, mode = self.mode,
+                    pvt = Self::per_chip(temps.2, 12, 3), pvv = Self::per_chip(300, 12, 3), mw = Self::per_chip(310, 12, 3),
+                )
+            }
+            Model::Mini3 | Model::Q => self.home_blob(),
+        }
+    }
+
+    /// The Q's (and Mini 3's) blob, behind the `'STATS':{` prefix of `MM ID0:Summary`.
+    fn home_blob(&self) -> String {
+        let off = self.soft_off;
+        let hr = self.hashrate_ghs();
+        let nominal = if off { 0.0 } else { self.nominal_ghs() };
+        let (ver, cpu) = match self.spec.model {
+            Model::Q => ("Q-25052801_14a19a2", "K230"),
+            _ => ("Mini3-25052801_14a19a2", "K230"),
         };
-        let mode = match self.spec.model {
-            Model::Nano3 => format!("WORKLEVEL[{}]", self.mode),
-            Model::Nano3s | Model::S19pro => format!("WORKMODE[{}] WORKLEVEL[0]", self.mode),
-        };
-        let state = if self.calibrating() {
+        let state = if off {
+            "Work: In Idle"
+        } else if self.calibrating() {
             "Work: In Calibration"
         } else {
             "Work: In Work"
         };
+        let (tmax, tavg) = if off {
+            (0, 0)
+        } else {
+            (70 + self.mode as u32 * 5, 65 + self.mode as u32 * 5)
+        };
+        let rpm = if off { 0 } else { self.fan_pct() as u32 * 30 };
+        let fan = if off { 0 } else { self.fan_pct() };
+        let power = if off { 146 } else { self.power() as u32 };
+        let elapsed = self.booted.elapsed().as_secs();
         format!(
-            "Ver[{ver}] DNA[02010000{}] SYSTEMSTATU[{state}, Hash Board: 1] Elapsed[{}] ITemp[-273] OTemp[{}] TMax[{}] TAvg[{}] TarT[90] Fan1[{}] FanR[{}%] {ps} GHSspd[{hr:.2}] GHSmm[{hr:.2}] GHSavg[{hr:.2}] Freq[{}] {mode} MPO[{}] Core[A3197S] SoftOFF[0]",
-            self.mac_hex(),
-            self.booted.elapsed().as_secs(),
-            45 + self.mode as u32 * 5,
-            80 + self.mode as u32 * 5,
-            75 + self.mode as u32 * 5,
-            self.fan_pct() as u32 * 35,
-            self.fan_pct(),
-            [350.0, 420.0, 464.89][self.mode as usize],
-            self.power() as u32,
+            "'STATS':{{Ver[{ver}] LVer[25052801_14a19a2] BVer[25052801_14a19a2] HashMcu0Ver[Q_hb_v1.1] FanMcuVer[Q_fb_v1.2] CPU[{cpu}] FW[Release] DNA[0201{mhex}] STATE[2] MEMFREE[67892] NETFAIL[0 0 0 0 0 0 0 0] SSID[] RSSI[0] NetDevType[0] SYSTEMSTATU[{state}, Hash Board: 1] Elapsed[{elapsed}] BOOTBY[0x01.00000000] LW[16987598] MH[0] DHW[0] HW[0] DH[2.449%] ITemp[26] HBITemp[27] HBOTemp[{hbo}] TMax[{tmax}] TAvg[{tavg}] TarT[65] Fan1[{rpm}] Fan2[{rpm}] Fan3[{rpm}] Fan4[{rpm}] FanR[{fan}%] SoftOffTime[0] SoftOnTime[0] Filter[19143] FanErr[0] SoloAllowed[1] PS[0 1222 4 0 0 2245 {power}] PCOMM_E[0] GHSspd[{hr:.2}] DHspd[0.000%] GHSmm[{nominal:.2}] GHSavg[{hr:.2}] WU[621649.53] Freq[282.86] MGHS[{hr:.2}] TA[160] Core[A3197S] BIN[36] PING[17] SoftOFF[{soft}] ECHU[0] ECMM[0] PLL0[8843 5769 5098 4610] SF0[258 276 297 318] CRC[0] COMCRC[0] ATA0[800-65-2264-258-20] LcdOnoff[1] Activation[0] WORKMODE[{mode}] WORKLEVEL[0] MPO[{mpo}] CALIALL[7] ADJ[1] Nonce Mask[25]}}",
+            mhex = self.mac_hex(),
+            hbo = if off { 27 } else { 45 },
+            soft = if off { 4 } else { 0 },
+            mode = self.mode,
+            mpo = self.spec.model.modes()[self.mode as usize].1 as u32,
         )
+    }
+
+    /// `HBinfo` of the Q/Mini 3: per-chip temperature, voltage and work.
+    fn hb_info(&self) -> String {
+        let t = if self.soft_off { 30 } else { 60 };
+        format!(
+            "'HB0':{{PVT_T0[{}] PVT_V0[{}] MW0[{}]}}",
+            Self::per_chip(t, 16, 3),
+            Self::per_chip(275, 16, 3),
+            Self::per_chip(600, 16, 3)
+        )
+    }
+
+    /// The POOLn entries cgminer appends to `stats`.
+    fn pool_stats(&self, elapsed: u64) -> Vec<Value> {
+        (0..3)
+            .map(|i| json!({ "STATS": i + 1, "ID": format!("POOL{i}"), "Elapsed": elapsed, "Calls": 0, "Wait": 0.0,
+                "Max": 0.0, "Min": 99999999.0, "Pool Calls": 0, "Pool Attempts": 0, "Pool Wait": 0.0, "Pool Max": 0.0,
+                "Pool Min": 99999999.0, "Pool Av": 0.0, "Work Had Roll Time": false, "Work Can Roll": false,
+                "Work Had Expire": false, "Work Roll Time": 0, "Work Diff": if i == self.active_pool { 1671.0 } else { 0.0 },
+                "Min Diff": 0.0, "Max Diff": 0.0, "Min Diff Count": 0, "Max Diff Count": 0, "Times Sent": 0, "Bytes Sent": 0,
+                "Times Recv": 0, "Bytes Recv": 0, "Net Bytes Sent": 0, "Net Bytes Recv": 0 }))
+            .collect()
     }
 
     fn reply(&mut self, command: &str, parameter: &str) -> Value {
@@ -192,13 +283,42 @@ impl Device {
             return self.antminer_reply(command);
         }
         let elapsed = self.booted.elapsed().as_secs();
+        let mhex = self.mac_hex();
         match command {
+            // The Nano 3 names itself "Avalonnano"/"nano3" and reports no MAC, DNA or LVERSION.
+            "version" if self.spec.model == Model::Nano3 => {
+                json!({ "STATUS": self.status(22, "CGMiner versions", "S"), "VERSION": [{
+                "CGMiner": "4.11.1", "API": "3.7", "PROD": "Avalonnano", "MODEL": "nano3", "HWTYPE": "PMMv1_X1",
+                "SWTYPE": "MM318_X2", "VERSION": "24071801_42c628d", "HVERSION": "24071801_b906c52_6223725", "UPAPI": "2" }], "id": 1 })
+            }
+            "version" if matches!(self.spec.model, Model::Q | Model::Mini3) => {
+                let (prod, model, hw) = if self.spec.model == Model::Q {
+                    ("Avalon Q", "Q", "Q_MM1v1_X1")
+                } else {
+                    ("Avalon Mini3", "Mini3", "M_MM1v1_X1")
+                };
+                json!({ "STATUS": self.status(22, "CGMiner versions", "S"), "VERSION": [{
+                    "CGMiner": "4.11.1", "API": "3.7", "PROD": prod, "MODEL": model, "HWTYPE": hw, "SWTYPE": "MM319",
+                    "LVERSION": "25052801_14a19a2", "BVERSION": "25052801_14a19a2", "CGVERSION": "25052801_14a19a2",
+                    "HBMCUVERSION": "Q_hb_v1.1", "FANMCUVERSION": "Q_fb_v1.2", "DNA": format!("0201{mhex}0000000000000000"),
+                    "MAC": self.spec.mac.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":") }], "id": 1 })
+            }
             "version" => json!({ "STATUS": self.status(22, "CGMiner versions", "S"), "VERSION": [{
-                "CGMiner": "4.11.1", "API": "3.7",
-                "PROD": match self.spec.model { Model::Nano3 => "Avalon Nano3", _ => "Avalon Nano3s" },
-                "MODEL": match self.spec.model { Model::Nano3 => "Nano3", _ => "Nano3s" },
+                "CGMiner": "4.11.1", "API": "3.7", "PROD": "Avalon Nano3s", "MODEL": "Nano3s",
                 "HWTYPE": "N_MM1v1_X1", "SWTYPE": "MM319", "LVERSION": "25021401_56abae7", "BVERSION": "25021401_56abae7",
-                "CGVERSION": "25021401_56abae7", "DNA": format!("02010000{}", self.mac_hex()), "MAC": self.mac_hex(), "UPAPI": "2" }], "id": 1 }),
+                "CGVERSION": "25021401_56abae7", "DNA": format!("0201{mhex}"), "MAC": mhex, "UPAPI": "2" }], "id": 1 }),
+            "devs" => {
+                let mhs = self.hashrate_ghs() * 1000.0;
+                json!({ "STATUS": self.status(9, "1 ASC(s)", "S"), "DEVS": [{
+                    "ASC": 0, "Name": if self.spec.model == Model::Nano3 { "AVANANO" } else { "AVALON" }, "ID": 0, "Enabled": "Y",
+                    "Status": "Alive", "Temperature": 0.0, "MHS av": mhs, "MHS 5s": mhs, "MHS 1m": mhs, "MHS 5m": mhs,
+                    "MHS 15m": mhs, "Accepted": self.accepted, "Rejected": self.rejected, "Hardware Errors": 0,
+                    "Utility": 1.4, "Last Share Pool": self.active_pool, "Last Share Time": 1753425248u64 + elapsed,
+                    "Total MH": mhs * elapsed as f64, "Diff1 Work": self.accepted * 16384,
+                    "Difficulty Accepted": (self.accepted * 16384) as f64, "Difficulty Rejected": (self.rejected * 16384) as f64,
+                    "Last Share Difficulty": 16384.0, "Last Valid Work": 1753425248u64 + elapsed,
+                    "Device Hardware%": 0.0, "Device Rejected%": 0.2, "Device Elapsed": elapsed }], "id": 1 })
+            }
             "summary" => {
                 let mhs = self.hashrate_ghs() * 1000.0;
                 json!({ "STATUS": self.status(11, "Summary", "S"), "SUMMARY": [{
@@ -206,9 +326,22 @@ impl Device {
                     "Found Blocks": 0, "Accepted": self.accepted, "Rejected": self.rejected, "Hardware Errors": 0,
                     "Best Share": 138508908u64, "Pool Rejected%": 0.065, "Pool Stale%": 0.0 }], "id": 1 })
             }
+            "estats" | "stats" if matches!(self.spec.model, Model::Q | Model::Mini3) => {
+                let mut stats = vec![
+                    json!({ "STATS": 0, "ID": "AVALON0", "Elapsed": elapsed, "Calls": 0, "Wait": 0.0,
+                    "Max": 0.0, "Min": 99999999.0, "MM ID0:Summary": self.home_blob(), "HBinfo": self.hb_info() }),
+                ];
+                stats.extend(self.pool_stats(elapsed));
+                json!({ "STATUS": self.status(70, "CGMiner stats", "S"), "STATS": stats, "id": 1 })
+            }
             "estats" | "stats" => {
-                json!({ "STATUS": self.status(70, "CGMiner stats", "S"), "STATS": [{
-                "STATS": 0, "ID": "AVANANO0", "Elapsed": elapsed, "MM ID0": self.blob(), "MM Count": 1 }], "id": 1 })
+                let mut stats = vec![
+                    json!({ "STATS": 0, "ID": if self.spec.model == Model::Nano3 { "AVANANO0" } else { "AVALON0" },
+                    "Elapsed": elapsed, "Calls": 0, "Wait": 0.0, "Max": 0.0, "Min": 99999999.0,
+                    "MM ID0": self.blob(), "MM Count": 1, "Nonce Mask": 1 }),
+                ];
+                stats.extend(self.pool_stats(elapsed));
+                json!({ "STATUS": self.status(70, "CGMiner stats", "S"), "STATS": stats, "id": 1 })
             }
             "lcd" => {
                 let (url, user) = &self.pools[self.active_pool];
@@ -319,6 +452,22 @@ impl Device {
                 }
                 _ => json!({ "STATUS": self.status(120, "ASC 0 set failed: fan-spd", "E") }),
             },
+            ["0", "help"] => json!({ "STATUS": self.status(118, if self.spec.model.soft_off() {
+                "ASC 0 set info: help|voltage|fan-spd|lcd|hash-sn-read|hash-sn-write|volt-tuning|workmode|worklevel|work_mode_lvl|reboot|softon|softoff|filter-clean|facopts|faclock|activate|solo-allowed|frequency|loop|password|qr_auth|time|"
+            } else {
+                "ASC 0 set info: help|fan-spd|workmode|reboot|ledset|lcd|"
+            }, "I") }),
+            ["0", what @ ("softoff" | "softon"), at] if self.spec.model.soft_off() => {
+                let Some(ts) = at.strip_prefix("1:").and_then(|t| t.parse::<u64>().ok()) else {
+                    return json!({ "STATUS": self.status(120, &format!("ASC 0 set failed: {what}"), "E") });
+                };
+                self.soft_off = *what == "softoff";
+                if self.soft_off {
+                    json!({ "STATUS": self.status(119, "ASC 0 set OK", "S") })
+                } else {
+                    json!({ "STATUS": self.status(118, &format!("ASC 0 set info: success softon:{ts}"), "I") })
+                }
+            }
             ["0", "reboot", _] => {
                 self.rebooting_until =
                     Some(Instant::now() + Duration::from_millis(100) + self.spec.reboot_time);
@@ -348,6 +497,8 @@ pub struct AvalonSnapshot {
     pub pools: Vec<(String, String)>,
     /// Every command received, as `command|parameter`.
     pub commands: Vec<String>,
+    /// In standby (Mini 3, Q).
+    pub soft_off: bool,
 }
 
 impl SimAvalon {
@@ -365,6 +516,7 @@ impl SimAvalon {
             active_pool: d.active_pool,
             pools: d.pools.to_vec(),
             commands: d.commands.clone(),
+            soft_off: d.soft_off,
         }
     }
 
@@ -402,6 +554,7 @@ pub async fn start(
         accepted: 0,
         rejected: 0,
         commands: Vec::new(),
+        soft_off: false,
         spec: spec.clone(),
     }));
     let faults = Arc::new(Mutex::new(AvalonFaults::default()));
