@@ -326,10 +326,14 @@ async fn clear_retained_once(
         }
         publisher.disconnect().await
     });
-    // Drive the connection until the disconnect has gone out.
+    // Drive the connection until the broker has closed it after our disconnect: rumqttc reports
+    // the disconnect when it is queued, and dropping the connection then would lose the clearing
+    // publishes still in its write buffer.
+    let mut disconnecting = false;
     loop {
-        match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
-            Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) => break,
+        let wait = if disconnecting { 2 } else { 30 };
+        match tokio::time::timeout(Duration::from_secs(wait), eventloop.poll()).await {
+            Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) => disconnecting = true,
             Ok(Ok(_)) => {}
             Ok(Err(_)) | Err(_) => break,
         }
