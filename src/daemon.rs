@@ -95,6 +95,8 @@ struct Hub {
     info_at: Instant,
     /// Hash of the retained payload on each of our discovery topics, as the broker has it.
     retained: HashMap<String, u64>,
+    /// Miners with a held command or a state to publish again, looked at on every tick.
+    timed: BTreeSet<usize>,
     /// The discovery topics this daemon has published (kept in the store): stale clearing
     /// never touches any other, whoever else publishes under the same prefix.
     owned: HashSet<String>,
@@ -254,6 +256,7 @@ pub async fn run(
         info_dirty: true,
         info_at: Instant::now(),
         retained: HashMap::new(),
+        timed: BTreeSet::new(),
         owned,
         log_control,
         exit: None,
@@ -594,6 +597,7 @@ impl Hub {
         };
         if self.slots[i].limits.is_none() && payload.len() <= command::MAX_PAYLOAD {
             // Not read yet (the daemon has just started): hold it until the miner is.
+            self.timed.insert(i);
             let pending = &mut self.slots[i].pending;
             pending.retain(|(p, _, _)| p != property);
             pending.push((
@@ -825,7 +829,10 @@ impl Hub {
             self.republish_at = None;
             self.full_publish(true);
         }
-        for i in 0..self.slots.len() {
+        // Only the miners with something timed (a held command, a state to send again): a
+        // fleet of thousands is not scanned ten times a second.
+        let timed: Vec<usize> = self.timed.iter().copied().collect();
+        for i in timed {
             if self.slots[i]
                 .pending
                 .first()
@@ -852,6 +859,9 @@ impl Hub {
             if self.slots[i].restate_at.is_some_and(|t| now >= t) {
                 self.slots[i].restate_at = None;
                 self.publish_state(i);
+            }
+            if self.slots[i].restate_at.is_none() && self.slots[i].pending.is_empty() {
+                self.timed.remove(&i);
             }
         }
         if self.connected && self.info_dirty && now >= self.info_at {
@@ -994,6 +1004,7 @@ impl Hub {
         );
         if self.publish_retained_if_changed(topic, payload, force) {
             self.slots[i].restate_at = Some(Instant::now() + RESTATE_AFTER_DISCOVERY);
+            self.timed.insert(i);
         }
     }
 
@@ -1015,7 +1026,7 @@ impl Hub {
         if slot.reading.is_none() {
             return;
         }
-        let body = state::state_json(
+        let body = state::state_payload(
             slot.reading.as_ref().map(|r| &r.telemetry),
             slot.reading
                 .as_ref()
@@ -1023,11 +1034,8 @@ impl Hub {
             slot.limits.as_ref(),
             &self.config.safety,
         );
-        self.mqtt.publish(
-            self.topics.state(&slot.config.name),
-            body.to_string(),
-            false,
-        );
+        self.mqtt
+            .publish_volatile(self.topics.state(&slot.config.name), body);
     }
 
     fn publish_info(&mut self) {

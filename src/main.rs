@@ -105,9 +105,29 @@ fn on_signal(token: CancellationToken) {
     });
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The daemon runs on one thread: its work is short, non-blocking and mostly the network, and
+    // one thread saves the cross-thread wake-ups a work-stealing pool pays on every poll (see
+    // docs/BENCHMARKS.md). The demo and the bench run simulators too, and use every core.
+    let runtime = match cli.command {
+        Cmd::Run { .. } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    match runtime {
+        Ok(rt) => rt.block_on(async_main(cli)),
+        Err(e) => {
+            eprintln!("miner2mqtt: cannot start the async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn async_main(cli: Cli) -> std::process::ExitCode {
     let result = match cli.command {
         Cmd::Run { config } => run(config).await,
         Cmd::Demo {

@@ -49,6 +49,7 @@ enum Outbound {
         topic: String,
         payload: Bytes,
         retain: bool,
+        qos: QoS,
     },
     Subscribe(Vec<String>),
     Unsubscribe(String),
@@ -76,6 +77,18 @@ impl Mqtt {
             topic: topic.into(),
             payload: payload.into(),
             retain,
+            qos: QoS::AtLeastOnce,
+        });
+    }
+
+    /// Queues a QoS 0 publish: for a miner's state, which the next poll sends again anyway, so
+    /// a lost one costs nothing and an acknowledgement per poll is not worth its round trip.
+    pub fn publish_volatile(&self, topic: impl Into<String>, payload: impl Into<Bytes>) {
+        let _ = self.tx.send(Outbound::Publish {
+            topic: topic.into(),
+            payload: payload.into(),
+            retain: false,
+            qos: QoS::AtMostOnce,
         });
     }
 
@@ -298,11 +311,8 @@ pub fn start(
                     topic,
                     payload,
                     retain,
-                } => {
-                    client
-                        .publish_bytes(topic, QoS::AtLeastOnce, retain, payload)
-                        .await
-                }
+                    qos,
+                } => client.publish_bytes(topic, qos, retain, payload).await,
                 Outbound::Subscribe(filters) => {
                     let subs = filters
                         .into_iter()

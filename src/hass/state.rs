@@ -4,7 +4,56 @@
 use crate::config::Safety;
 use crate::miner::Telemetry;
 use crate::safety::Limits;
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+/// The body of `<base>/<miner>/state`: the telemetry flattened, and what the daemon derives.
+#[derive(serde::Serialize)]
+struct StateBody<'a> {
+    #[serde(flatten)]
+    telemetry: &'a Telemetry,
+    efficiency: Option<f64>,
+    mode: Option<&'a str>,
+    overheating: Option<bool>,
+    firmware: Option<&'a str>,
+}
+
+fn body<'a>(
+    t: &'a Telemetry,
+    firmware: Option<&'a str>,
+    limits: Option<&'a Limits>,
+    safety: &Safety,
+) -> StateBody<'a> {
+    let round = |v: Option<f64>, digits: i32| {
+        v.map(|x| {
+            let p = 10f64.powi(digits);
+            (x * p).round() / p
+        })
+    };
+    StateBody {
+        telemetry: t,
+        efficiency: round(t.efficiency_j_per_th(), 2),
+        // The device's own work mode (Avalon), else the preset the clock matches (ESP-Miner).
+        mode: t
+            .work_mode
+            .as_deref()
+            .or_else(|| limits.and_then(|l| l.mode_of(t.clock()))),
+        overheating: overheating(t, safety),
+        firmware,
+    }
+}
+
+/// The state message as published, serialised straight from the telemetry (no JSON tree in
+/// between: it is built on every poll).
+pub fn state_payload(
+    telemetry: Option<&Telemetry>,
+    firmware: Option<&str>,
+    limits: Option<&Limits>,
+    safety: &Safety,
+) -> String {
+    let empty = Telemetry::default();
+    let t = telemetry.unwrap_or(&empty);
+    serde_json::to_string(&body(t, firmware, limits, safety)).unwrap_or_default()
+}
 
 /// Builds the state JSON. `telemetry` is `None` before the first successful poll, in which case
 /// every reading is `null`. `firmware` is the device's firmware version (from its identity), read
@@ -17,30 +66,7 @@ pub fn state_json(
 ) -> Value {
     let empty = Telemetry::default();
     let t = telemetry.unwrap_or(&empty);
-    let mut map: Map<String, Value> = match serde_json::to_value(t) {
-        Ok(Value::Object(m)) => m,
-        _ => Map::new(),
-    };
-    let round = |v: Option<f64>, digits: i32| {
-        v.map(|x| {
-            let p = 10f64.powi(digits);
-            (x * p).round() / p
-        })
-    };
-    map.insert(
-        "efficiency".into(),
-        round(t.efficiency_j_per_th(), 2).into(),
-    );
-    // The device's own work mode (Avalon), else the preset the clock matches (ESP-Miner).
-    let mode = t.work_mode.clone().or_else(|| {
-        limits
-            .and_then(|l| l.mode_of(t.clock()))
-            .map(str::to_string)
-    });
-    map.insert("mode".into(), mode.into());
-    map.insert("overheating".into(), overheating(t, safety).into());
-    map.insert("firmware".into(), firmware.into());
-    Value::Object(map)
+    serde_json::to_value(body(t, firmware, limits, safety)).unwrap_or_default()
 }
 
 /// Overheating by our thresholds or the firmware's own trip; `None` when nothing is known.

@@ -41,10 +41,8 @@ pub struct SystemInfo {
 
 /// Parses `/api/system/info` as sent by any supported generation.
 pub fn parse_system_info(body: &[u8]) -> Result<SystemInfo, String> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| "expected a JSON object".to_string())?;
+    let fields = Fields::parse(body)?;
+    let obj = &fields;
     if !obj.contains_key("hashRate") && !obj.contains_key("ASICModel") {
         return Err("no hashRate or ASICModel: this is not an ESP-Miner system info".into());
     }
@@ -84,8 +82,7 @@ pub fn parse_system_info(body: &[u8]) -> Result<SystemInfo, String> {
     let using_fallback = boolish(obj, "isUsingFallbackStratum")
         .or_else(|| {
             obj.get("stratum")
-                .and_then(|s| s.get("usingFallback"))
-                .and_then(Value::as_bool)
+                .and_then(|s| s.get("usingFallback").and_then(Value::as_bool))
         })
         .unwrap_or(false);
 
@@ -107,8 +104,8 @@ pub fn parse_system_info(body: &[u8]) -> Result<SystemInfo, String> {
         core_voltage_actual: positive(obj, "coreVoltageActual"),
         shares_accepted: number(obj, "sharesAccepted").map(|n| n as u64),
         shares_rejected: number(obj, "sharesRejected").map(|n| n as u64),
-        best_difficulty: obj.get("bestDiff").and_then(difficulty),
-        best_session_difficulty: obj.get("bestSessionDiff").and_then(difficulty),
+        best_difficulty: obj.get("bestDiff").as_ref().and_then(difficulty),
+        best_session_difficulty: obj.get("bestSessionDiff").as_ref().and_then(difficulty),
         uptime: number(obj, "uptimeSeconds").map(|n| n as u64),
         rssi: number(obj, "wifiRSSI"),
         pool,
@@ -275,7 +272,7 @@ pub fn parse_asic_info(body: &[u8]) -> Result<AsicOptions, String> {
     })
 }
 
-fn detect_generation(obj: &Map<String, Value>) -> Generation {
+fn detect_generation(obj: &Fields) -> Generation {
     let is_nerd = string(obj, "deviceModel")
         .map(|m| m.to_ascii_lowercase().contains("nerd"))
         .unwrap_or(false)
@@ -283,7 +280,7 @@ fn detect_generation(obj: &Map<String, Value>) -> Generation {
     if is_nerd {
         return Generation::NerdQaxe;
     }
-    if obj.get("pools").is_some_and(Value::is_array) {
+    if obj.get("pools").is_some_and(|v| v.is_array()) {
         return Generation::V2_15;
     }
     match string(obj, "version").as_deref().and_then(version_number) {
@@ -308,12 +305,12 @@ fn version_number(version: &str) -> Option<(u32, u32)> {
 
 /// Returns (active pool, its user, v2.15 pool labels with ids).
 fn pools(
-    obj: &Map<String, Value>,
+    obj: &Fields,
     generation: Generation,
     using_fallback: bool,
 ) -> (Option<String>, Option<String>, Vec<(String, i64)>) {
     if generation == Generation::V2_15 {
-        if let Some(list) = obj.get("pools").and_then(Value::as_array) {
+        if let Some(Value::Array(list)) = obj.get("pools") {
             let mut labels: Vec<(String, i64)> = Vec::new();
             for (i, p) in list.iter().enumerate() {
                 let Some(url) = p.get("stratumURL").and_then(Value::as_str) else {
@@ -374,35 +371,88 @@ fn pools(
 }
 
 /// A number, or a string holding one (some forks quote numbers).
-fn number(obj: &Map<String, Value>, key: &str) -> Option<f64> {
+fn number(obj: &Fields, key: &str) -> Option<f64> {
     match obj.get(key)? {
         Value::Number(n) => n.as_f64().filter(|f| f.is_finite()),
         Value::String(s) => s.trim().parse::<f64>().ok().filter(|f| f.is_finite()),
-        Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+        Value::Bool(b) => Some(if b { 1.0 } else { 0.0 }),
         _ => None,
     }
 }
 
-fn positive(obj: &Map<String, Value>, key: &str) -> Option<f64> {
+fn positive(obj: &Fields, key: &str) -> Option<f64> {
     number(obj, key).filter(|n| *n > 0.0)
 }
 
 /// 0/1 or true/false.
-fn boolish(obj: &Map<String, Value>, key: &str) -> Option<bool> {
+fn boolish(obj: &Fields, key: &str) -> Option<bool> {
     match obj.get(key)? {
-        Value::Bool(b) => Some(*b),
+        Value::Bool(b) => Some(b),
         Value::Number(n) => n.as_f64().map(|f| f != 0.0),
         _ => None,
     }
 }
 
 /// A non-empty string.
-fn string(obj: &Map<String, Value>, key: &str) -> Option<String> {
-    obj.get(key)
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
+fn string(obj: &Fields, key: &str) -> Option<String> {
+    match obj.get(key)? {
+        Value::String(s) => Some(s.trim()).filter(|s| !s.is_empty()).map(str::to_string),
+        _ => None,
+    }
+}
+
+/// `/api/system/info`'s top-level fields, each kept as its raw JSON text until it is read:
+/// building a tree of all ~80 fields (with the nested pool and hash-rate arrays) on every poll
+/// was most of the parse's cost, and about forty are read.
+struct Fields<'a>(std::collections::HashMap<Key<'a>, &'a serde_json::value::RawValue>);
+
+impl<'a> Fields<'a> {
+    fn parse(body: &'a [u8]) -> Result<Fields<'a>, String> {
+        let text = std::str::from_utf8(body).map_err(|e| format!("not JSON: {e}"))?;
+        match serde_json::from_str(text) {
+            Ok(map) => Ok(Fields(map)),
+            Err(e) if e.is_data() => Err("expected a JSON object".into()),
+            Err(e) => Err(format!("not JSON: {e}")),
+        }
+    }
+
+    fn contains_key(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
+
+    /// The field parsed, when present and valid.
+    fn get(&self, key: &str) -> Option<Value> {
+        serde_json::from_str(self.0.get(key)?.get()).ok()
+    }
+}
+
+/// A field name, borrowed from the reply unless it holds an escape.
+#[derive(PartialEq, Eq, Hash)]
+struct Key<'a>(std::borrow::Cow<'a, str>);
+
+impl std::borrow::Borrow<str> for Key<'_> {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(Visit)
+    }
 }
 
 /// A difficulty as a number, or as the string forms `"13M"`, `"572.14 M"`, `"483k"`, `"0"`.
@@ -454,9 +504,16 @@ impl ConfiguredPool {
     }
 }
 
+/// The largest reply read from a device (a system info is a few kilobytes).
+const MAX_BODY: usize = 1 << 20;
+
 /// Talks to one ESP-Miner device.
 pub struct AxeOsClient {
     http: reqwest::Client,
+    /// `host:port` for the connection.
+    authority: String,
+    /// The `Host` header.
+    host_header: String,
     base: String,
     timeout: Duration,
     retries: u32,
@@ -476,8 +533,17 @@ impl AxeOsClient {
         totp: Option<totp_rs::TOTP>,
         pools: Vec<ConfiguredPool>,
     ) -> Self {
+        // `host:port` to connect to (80 unless given) and the Host header as the user wrote it.
+        let authority = match host.rsplit_once(':') {
+            Some((_, port)) if !port.is_empty() && port.chars().all(|c| c.is_ascii_digit()) => {
+                host.to_string()
+            }
+            _ => format!("{host}:80"),
+        };
         AxeOsClient {
             http,
+            authority,
+            host_header: host.to_string(),
             base: format!("http://{host}"),
             timeout,
             retries,
@@ -628,19 +694,69 @@ impl AxeOsClient {
         }
     }
 
+    /// One GET on a connection of its own (ESP32 web servers have few sockets; none is kept
+    /// open), spoken with hyper directly: this runs on every poll, and a general-purpose client's
+    /// URL parsing, pool and connector layers cost more than the request itself.
     async fn get(&self, url: &str) -> Result<Vec<u8>, MinerError> {
-        let response = self
-            .http
-            .get(url)
-            .timeout(self.timeout)
-            .send()
+        let path = url.strip_prefix(&self.base).unwrap_or(url);
+        let exchange = async {
+            let unreachable = |reason: String| MinerError::Unreachable {
+                url: url.into(),
+                reason,
+            };
+            let stream = tokio::net::TcpStream::connect(&self.authority)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            let _ = stream.set_nodelay(true);
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?;
+            let request = hyper::Request::get(path)
+                .header(hyper::header::HOST, self.host_header.as_str())
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .map_err(|e| unreachable(e.to_string()))?;
+            let response = async {
+                let response = sender
+                    .send_request(request)
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?;
+                let status = response.status();
+                let body = http_body_util::BodyExt::collect(http_body_util::Limited::new(
+                    response.into_body(),
+                    MAX_BODY,
+                ))
+                .await
+                .map_err(|e| MinerError::Malformed {
+                    url: url.into(),
+                    reason: format!("reading the reply: {e}"),
+                })?
+                .to_bytes();
+                Ok::<_, MinerError>((status, body))
+            };
+            // The connection is driven while the response is read, and dropped (closed) after.
+            tokio::pin!(connection);
+            tokio::pin!(response);
+            let mut driving = true;
+            loop {
+                tokio::select! {
+                    r = &mut response => break r,
+                    c = &mut connection, if driving => {
+                        driving = false;
+                        if let Err(e) = c {
+                            break Err(unreachable(e.to_string()));
+                        }
+                    }
+                }
+            }
+        };
+        // On the heap while it runs: inline, its state would sit in every idle poller's task.
+        let (status, body) = tokio::time::timeout(self.timeout, Box::pin(exchange))
             .await
-            .map_err(|e| self.transport_error(url, e))?;
-        let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(url, e))?;
+            .map_err(|_| MinerError::Timeout {
+                url: url.into(),
+                timeout: self.timeout,
+            })??;
         if !status.is_success() {
             return Err(MinerError::Http {
                 url: url.into(),
