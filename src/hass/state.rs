@@ -64,9 +64,7 @@ pub fn state_json(
     limits: Option<&Limits>,
     safety: &Safety,
 ) -> Value {
-    let empty = Telemetry::default();
-    let t = telemetry.unwrap_or(&empty);
-    serde_json::to_value(body(t, firmware, limits, safety)).unwrap_or_default()
+    serde_json::from_str(&state_payload(telemetry, firmware, limits, safety)).unwrap_or_default()
 }
 
 /// Overheating by our thresholds or the firmware's own trip; `None` when nothing is known.
