@@ -3,18 +3,21 @@
 //! Module map (data flows top to bottom):
 //! - [`config`]: figment layering (defaults < YAML < `MINER2MQTT_*`) and the validated `Config`.
 //! - [`miner`]: the device model (`Telemetry`, `Identity`, `Capabilities`, `Command`) and one
-//!   adapter per family behind `MinerClient`: `axeos` (Bitaxe, NerdQaxe++ over HTTP), `avalon`
-//!   and `antminer` (over the `cgminer` TCP client), `nmminer` (UDP broadcasts, handled by the
-//!   daemon since there is nothing to poll); [`miner::asic`] holds the per-ASIC limits.
+//!   adapter per family behind `MinerClient`: `axeos` (Bitaxe, NerdQaxe over HTTP), `avalon`
+//!   (Nano 3/3S, Mini 3, Q, each by its own rules; other Avalons read-only) and `antminer` (over
+//!   the `cgminer` TCP client), `nmminer` (UDP broadcasts, handled by the daemon since there is
+//!   nothing to poll); [`miner::asic`] holds the per-ASIC limits.
 //! - [`safety`]: the limits every command is checked against before it can reach a miner.
 //! - [`fleet`]: one poller task per miner, with its serialised command queue (a command-only task
 //!   for broadcast devices).
 //! - [`store`]: the sled history of every sample, tagged with its clock config.
-//! - [`mqtt`]: the MQTT session (will, birth, resubscribe on every ConnAck, outbound queue).
+//! - [`mqtt`]: the MQTT session (persistent, will, birth, resubscribe on every ConnAck, outbound
+//!   queue) and the start-up check for another live instance on the same base topic.
 //! - [`hass`]: Home Assistant discovery payloads, state JSON and command parsing.
 //! - [`daemon`]: wires the above together and owns the shutdown order.
-//! - [`sim`]: faithful simulators of the devices (ESP-Miner over HTTP; Avalon and Antminer over
-//!   cgminer TCP; NMMiner broadcasts over UDP), sharing no code with the adapters.
+//! - [`sim`]: faithful simulators of the devices (ESP-Miner over HTTP; Avalon Nano 3/3S, Mini 3,
+//!   Q and Antminer over cgminer TCP; NMMiner broadcasts over UDP), sharing no code with the
+//!   adapters and checked key by key against real captures (tests/sim_fidelity.rs).
 //! - [`demo`] and [`bench`]: the one-command demo and the load benchmark.
 
 // serde_json's json! macro recurses once per token; the simulators' payloads are large.
