@@ -595,7 +595,15 @@ impl Hub {
             );
             return;
         };
-        if self.slots[i].limits.is_none() && payload.len() <= command::MAX_PAYLOAD {
+        if payload.len() > command::MAX_PAYLOAD {
+            let reason = format!(
+                "a {property} command is a short value, not {} bytes",
+                payload.len()
+            );
+            self.refuse(i, name, property, &value, &reason);
+            return;
+        }
+        let Some(limits) = &self.slots[i].limits else {
             // Not read yet (the daemon has just started): hold it until the miner is.
             self.timed.insert(i);
             let pending = &mut self.slots[i].pending;
@@ -607,21 +615,11 @@ impl Hub {
             ));
             tracing::info!(miner = %name, property, value = %value, "command held until the miner has been read");
             return;
-        }
-        let verdict = if payload.len() > command::MAX_PAYLOAD {
-            Err(format!(
-                "a {property} command is a short value, not {} bytes",
-                payload.len()
-            ))
-        } else {
-            match &self.slots[i].limits {
-                None => Err("the miner has not been read yet, so its limits are unknown; try again after it appears online".to_string()),
-                Some(limits) => std::str::from_utf8(payload)
-                    .map_err(|_| "the payload is not UTF-8 text".to_string())
-                    .and_then(|p| command::parse(property, p, limits))
-                    .and_then(|cmd| limits.check(&cmd).map(|()| cmd)),
-            }
         };
+        let verdict = std::str::from_utf8(payload)
+            .map_err(|_| "the payload is not UTF-8 text".to_string())
+            .and_then(|p| command::parse(property, p, limits))
+            .and_then(|cmd| limits.check(&cmd).map(|()| cmd));
         let verdict = verdict.and_then(|cmd: Command| {
             if self.slots[i].online != Some(true) {
                 return Err("the miner is offline".to_string());
