@@ -656,26 +656,20 @@ impl Hub {
     }
 
     fn on_request(&mut self, action: &str, payload: &[u8]) {
-        if payload.len() > command::MAX_PAYLOAD {
-            tracing::warn!(
-                action,
-                bytes = payload.len(),
-                "oversized bridge request ignored"
-            );
-            let response = json!({ "data": {}, "status": "error",
-                "error": format!("a request is a small JSON object, not {} bytes", payload.len()) });
-            self.mqtt.publish(
-                self.topics.bridge_response(action),
-                response.to_string(),
-                false,
-            );
-            return;
-        }
-        // A JSON object, or a bare value (the bridge's select and button send plain text).
-        let request: Option<Value> = serde_json::from_slice(payload)
-            .ok()
-            .filter(Value::is_object);
-        let text = String::from_utf8_lossy(payload).trim().to_string();
+        // A JSON object, a JSON string, or a bare value (the bridge's select and button send
+        // plain text); nothing of a payload larger than any request is looked at.
+        let oversized = payload.len() > command::MAX_PAYLOAD;
+        let json: Option<Value> = if oversized {
+            None
+        } else {
+            serde_json::from_slice(payload).ok()
+        };
+        let request: Option<Value> = json.clone().filter(Value::is_object);
+        let text = match &json {
+            Some(Value::String(s)) => s.trim().to_string(),
+            _ if oversized => String::new(),
+            _ => String::from_utf8_lossy(payload).trim().to_string(),
+        };
         let parsed = request.clone().unwrap_or_else(|| {
             if text.is_empty() {
                 json!({})
@@ -686,6 +680,10 @@ impl Hub {
         let transaction = parsed.get("transaction").cloned();
         let value = parsed.get("value").cloned();
         let result: Result<Value, String> = match action {
+            _ if oversized => Err(format!(
+                "a request is a small JSON object, not {} bytes",
+                payload.len()
+            )),
             "log_level" => {
                 let asked = value
                     .as_ref()
@@ -831,26 +829,18 @@ impl Hub {
         // fleet of thousands is not scanned ten times a second.
         let timed: Vec<usize> = self.timed.iter().copied().collect();
         for i in timed {
-            if self.slots[i]
-                .pending
-                .first()
-                .is_some_and(|(_, _, at)| now.duration_since(*at) > PENDING_FOR)
-            {
-                let expired: Vec<_> = self.slots[i]
-                    .pending
-                    .iter()
-                    .filter(|(_, _, at)| now.duration_since(*at) > PENDING_FOR)
-                    .cloned()
-                    .collect();
-                self.slots[i]
-                    .pending
-                    .retain(|(_, _, at)| now.duration_since(*at) <= PENDING_FOR);
+            let held = std::mem::take(&mut self.slots[i].pending);
+            let (expired, kept): (Vec<_>, Vec<_>) = held
+                .into_iter()
+                .partition(|(_, _, at)| now.duration_since(*at) > PENDING_FOR);
+            self.slots[i].pending = kept;
+            if !expired.is_empty() {
                 let name = self.slots[i].config.name.clone();
+                let reason = format!(
+                    "the miner has not answered since miner2mqtt started, so nothing was sent (the command waited {})",
+                    humantime::format_duration(PENDING_FOR)
+                );
                 for (property, payload, _) in expired {
-                    let reason = format!(
-                        "the miner has not answered since miner2mqtt started, so nothing was sent (the command waited {})",
-                        humantime::format_duration(PENDING_FOR)
-                    );
                     self.refuse(i, &name, &property, &command::clip(&payload), &reason);
                 }
             }

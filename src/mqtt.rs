@@ -270,13 +270,16 @@ pub fn start(
                 Err(e) => {
                     // A session dropped again and again right after it was made is the broker
                     // handing our client id to someone else.
-                    if connected_at.take().is_some_and(|t| t.elapsed() < Duration::from_secs(3)) {
-                        quick_drops += 1;
-                        if quick_drops == 3 {
-                            tracing::error!(%broker, client_id = %client_id, "the broker keeps closing our session moments after it opens: another client is probably connected with the same client id; give each miner2mqtt its own mqtt.client_id (and mqtt.base_topic)");
+                    match connected_at.take() {
+                        Some(t) if t.elapsed() < Duration::from_secs(3) => {
+                            quick_drops += 1;
+                            if quick_drops == 3 {
+                                tracing::error!(%broker, client_id = %client_id, "the broker keeps closing our session moments after it opens: another client is probably connected with the same client id; give each miner2mqtt its own mqtt.client_id (and mqtt.base_topic)");
+                            }
                         }
-                    } else if failures == 0 {
-                        quick_drops = 0;
+                        // A session that lasted: whatever closed it, it was no takeover.
+                        Some(_) => quick_drops = 0,
+                        None => {}
                     }
                     let refused = matches!(e, rumqttc::ConnectionError::ConnectionRefused(_));
                     if refused {

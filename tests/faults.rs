@@ -319,6 +319,10 @@ async fn junk_payloads_are_refused_in_a_line_and_change_nothing() {
     );
     let r = request("log_level", "DEBUG").await;
     assert_eq!(r["status"], "ok", "{r}");
+    // A JSON string is a value too, as before the requests were hardened.
+    let r = request("log_level", "\"info\"").await;
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(r["data"]["value"], "info");
 
     // Still running, never restarted: the device's uptime kept counting and health answers.
     let r = request("health_check", "{}").await;
