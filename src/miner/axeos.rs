@@ -46,7 +46,11 @@ pub fn parse_system_info(body: &[u8]) -> Result<SystemInfo, String> {
     if !obj.contains_key("hashRate") && !obj.contains_key("ASICModel") {
         return Err("no hashRate or ASICModel: this is not an ESP-Miner system info".into());
     }
-    let generation = detect_generation(obj);
+    // Each field is parsed once: this runs on every poll.
+    let device_model = string(obj, "deviceModel");
+    let firmware = string(obj, "version");
+    let reported_count = number(obj, "asicCount").map(|n| n as u32);
+    let generation = detect_generation(obj, device_model.as_deref(), firmware.as_deref());
 
     let asic_model = string(obj, "ASICModel");
     let board = string(obj, "boardVersion");
@@ -54,15 +58,14 @@ pub fn parse_system_info(body: &[u8]) -> Result<SystemInfo, String> {
         None
     } else {
         bitaxe_family(
-            string(obj, "deviceModel").as_deref(),
+            device_model.as_deref(),
             board.as_deref(),
             asic_model.as_deref(),
-            number(obj, "asicCount").map(|n| n as u32),
+            reported_count,
         )
     };
     // The firmware's own count where it reports one; else what the board is known to carry.
-    let asic_count = number(obj, "asicCount")
-        .map(|n| n as u32)
+    let asic_count = reported_count
         .or(family.map(|(_, chips)| chips))
         .unwrap_or(1)
         .max(1);
@@ -118,12 +121,11 @@ pub fn parse_system_info(body: &[u8]) -> Result<SystemInfo, String> {
 
     let mac = string(obj, "macAddr");
     let hardware_id = mac.as_deref().and_then(normalise_mac);
-    let firmware = string(obj, "version");
     let manufacturer;
     let model;
     if generation == Generation::NerdQaxe {
         manufacturer = "NerdQAxe".to_string();
-        model = string(obj, "deviceModel").unwrap_or_else(|| "NerdQAxe".into());
+        model = device_model.unwrap_or_else(|| "NerdQAxe".into());
     } else {
         manufacturer = "Bitaxe".to_string();
         let family = family.map_or("Bitaxe", |(name, _)| name);
@@ -272,18 +274,22 @@ pub fn parse_asic_info(body: &[u8]) -> Result<AsicOptions, String> {
     })
 }
 
-fn detect_generation(obj: &Fields) -> Generation {
-    let is_nerd = string(obj, "deviceModel")
+fn detect_generation(
+    obj: &Fields,
+    device_model: Option<&str>,
+    version: Option<&str>,
+) -> Generation {
+    let is_nerd = device_model
         .map(|m| m.to_ascii_lowercase().contains("nerd"))
         .unwrap_or(false)
         || obj.contains_key("asicTemps");
     if is_nerd {
         return Generation::NerdQaxe;
     }
-    if obj.get("pools").is_some_and(|v| v.is_array()) {
+    if obj.raw("pools").is_some_and(|raw| raw.starts_with('[')) {
         return Generation::V2_15;
     }
-    match string(obj, "version").as_deref().and_then(version_number) {
+    match version.and_then(version_number) {
         Some((2, minor)) if minor >= 15 => Generation::V2_15,
         Some((2, 14)) => Generation::V2_14,
         Some((2, minor)) if minor >= 11 => Generation::V2_11,
@@ -422,7 +428,12 @@ impl<'a> Fields<'a> {
 
     /// The field parsed, when present and valid.
     fn get(&self, key: &str) -> Option<Value> {
-        serde_json::from_str(self.0.get(key)?.get()).ok()
+        serde_json::from_str(self.raw(key)?).ok()
+    }
+
+    /// The field's JSON text, unparsed.
+    fn raw(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|raw| raw.get())
     }
 }
 
@@ -520,7 +531,9 @@ pub struct AxeOsClient {
     totp: Option<totp_rs::TOTP>,
     pools: Vec<ConfiguredPool>,
     asic_options: Option<AsicOptions>,
-    last: Option<SystemInfo>,
+    /// The generation and v2.15 pool ids from the last poll: how writes are spelled.
+    generation: Option<Generation>,
+    pool_ids: Vec<(String, i64)>,
 }
 
 impl AxeOsClient {
@@ -550,7 +563,8 @@ impl AxeOsClient {
             totp,
             pools,
             asic_options: None,
-            last: None,
+            generation: None,
+            pool_ids: Vec::new(),
         }
     }
 
@@ -574,7 +588,12 @@ impl AxeOsClient {
                 Err(e) => tracing::debug!(url = %asic_url, error = %e, "no ASIC options"),
             }
         }
-        let mut reading = info.reading.clone();
+        // The reading moves on to the hub; the client keeps what writes need.
+        let SystemInfo {
+            mut reading,
+            generation,
+            pool_ids,
+        } = info;
         if let Some(opts) = &self.asic_options {
             reading.capabilities.frequency_options = Some(opts.frequency_options.clone());
             reading.capabilities.core_voltage_options = Some(opts.voltage_options.clone());
@@ -582,23 +601,20 @@ impl AxeOsClient {
             reading.capabilities.frequency_options = Some(Vec::new());
             reading.capabilities.core_voltage_options = Some(Vec::new());
         }
-        if info.generation != Generation::V2_15 {
+        if generation != Generation::V2_15 {
             reading.capabilities.pools = self
                 .pools
                 .iter()
                 .map(|p| PoolChoice { label: p.label() })
                 .collect();
         }
-        self.last = Some(info);
+        self.generation = Some(generation);
+        self.pool_ids = pool_ids;
         Ok(reading)
     }
 
     pub async fn execute(&mut self, command: &Command) -> Result<(), MinerError> {
-        let generation = self
-            .last
-            .as_ref()
-            .map(|i| i.generation)
-            .unwrap_or(Generation::Legacy);
+        let generation = self.generation.unwrap_or(Generation::Legacy);
         match command {
             Command::SetFrequency(f) => self.patch(serde_json::json!({ "frequency": f })).await,
             Command::SetCoreVoltage(v) => self.patch(serde_json::json!({ "coreVoltage": v })).await,
@@ -633,9 +649,9 @@ impl AxeOsClient {
             Command::SelectPool(label) => {
                 if generation == Generation::V2_15 {
                     let id = self
-                        .last
-                        .as_ref()
-                        .and_then(|i| i.pool_ids.iter().find(|(l, _)| l == label))
+                        .pool_ids
+                        .iter()
+                        .find(|(l, _)| l == label)
                         .map(|(_, id)| *id)
                         .ok_or_else(|| MinerError::Unsupported {
                             what: format!("pool {label:?}"),
