@@ -411,14 +411,10 @@ pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
     if explicit && !path.exists() {
         return Err(ConfigError::Missing(path.to_path_buf()));
     }
-    let figment = Figment::from(Serialized::defaults(RawConfig::default()))
-        .merge(Yaml::file(path))
-        .merge(env_provider());
-    let mut config = from_figment(&figment)?;
-    // The environment layer parses values ("0042" would become 42); a secret keeps its bytes.
+    let mut config = from_figment(&layers(Some(path)))?;
     if config.mqtt_password_from_file_is_unset() {
-        if let Ok(raw) = std::env::var("MINER2MQTT_MQTT__PASSWORD") {
-            config.mqtt.password = Some(Secret(raw));
+        if let Some(password) = env_password() {
+            config.mqtt.password = Some(password);
         }
     }
     Ok(config)
@@ -427,24 +423,36 @@ pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
 /// Only the `mqtt:` section of `path` (when given) and of the environment, for commands that
 /// bring their own miners (the demo) but use the user's broker and credentials.
 pub fn load_mqtt(path: Option<&Path>) -> Result<RawMqtt, ConfigError> {
-    let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
-    if let Some(path) = path {
-        if !path.exists() {
-            return Err(ConfigError::Missing(path.to_path_buf()));
-        }
-        figment = figment.merge(Yaml::file(path));
+    if let Some(path) = path.filter(|p| !p.exists()) {
+        return Err(ConfigError::Missing(path.to_path_buf()));
     }
-    let figment = figment.merge(env_provider());
-    let mut mqtt: RawMqtt = figment.extract_inner("mqtt").map_err(|e| {
-        let msgs: Vec<String> = e.into_iter().map(|e| describe_figment_error(&e)).collect();
-        ConfigError::Parse(msgs.join("; "))
-    })?;
+    let mut mqtt: RawMqtt = layers(path).extract_inner("mqtt").map_err(parse_error)?;
     if mqtt.password_file.is_none() {
-        if let Ok(raw) = std::env::var("MINER2MQTT_MQTT__PASSWORD") {
-            mqtt.password = Some(Secret(raw));
+        if let Some(password) = env_password() {
+            mqtt.password = Some(password);
         }
     }
     Ok(mqtt)
+}
+
+/// Defaults < the file (when given) < the environment.
+fn layers(path: Option<&Path>) -> Figment {
+    let figment = Figment::from(Serialized::defaults(RawConfig::default()));
+    match path {
+        Some(path) => figment.merge(Yaml::file(path)),
+        None => figment,
+    }
+    .merge(env_provider())
+}
+
+/// The environment layer parses values ("0042" would become 42); a password keeps its bytes.
+fn env_password() -> Option<Secret> {
+    std::env::var("MINER2MQTT_MQTT__PASSWORD").ok().map(Secret)
+}
+
+fn parse_error(e: figment::Error) -> ConfigError {
+    let msgs: Vec<String> = e.into_iter().map(|e| describe_figment_error(&e)).collect();
+    ConfigError::Parse(msgs.join("; "))
 }
 
 /// The environment layer: `MINER2MQTT_MQTT__HOST` → `mqtt.host`.
@@ -456,10 +464,7 @@ pub fn env_provider() -> Env {
 
 /// Extracts and validates from any figment (tests build their own).
 pub fn from_figment(figment: &Figment) -> Result<Config, ConfigError> {
-    let raw: RawConfig = figment.extract().map_err(|e| {
-        let msgs: Vec<String> = e.into_iter().map(|e| describe_figment_error(&e)).collect();
-        ConfigError::Parse(msgs.join("; "))
-    })?;
+    let raw: RawConfig = figment.extract().map_err(parse_error)?;
     validate(raw, figment)
 }
 
