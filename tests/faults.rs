@@ -112,10 +112,10 @@ async fn a_second_instance_is_refused_and_the_first_keeps_running() {
         );
         // The first never saw its bridge marked offline and still answers.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let offline = rig.ha.messages().iter().any(|m| {
-            m.at >= since && m.topic == "miner2mqtt/bridge/state" && m.text() == "offline"
-        });
-        assert!(!offline, "the first instance's bridge went offline");
+        let offline = rig
+            .ha
+            .count_after(since, "miner2mqtt/bridge/state", |m| m.text() == "offline");
+        assert_eq!(offline, 0, "the first instance's bridge went offline");
     }
     let since = Instant::now();
     rig.ha
@@ -126,16 +126,9 @@ async fn a_second_instance_is_refused_and_the_first_keeps_running() {
             m.json()["frequency"] == 500.0
         })
         .await;
-    let applied = rig
-        .ha
-        .messages()
-        .iter()
-        .filter(|m| {
-            m.at >= since
-                && m.topic == "miner2mqtt/bridge/event"
-                && m.json()["type"] == "command_applied"
-        })
-        .count();
+    let applied = rig.ha.count_after(since, "miner2mqtt/bridge/event", |m| {
+        m.json()["type"] == "command_applied"
+    });
     assert_eq!(applied, 1, "the command was applied once");
     first.stop().await;
 }
@@ -238,12 +231,9 @@ async fn a_burst_of_slider_moves_ends_at_the_last_value() {
         .unwrap()
         .json();
     assert_eq!(last["frequency"], 495.0, "the last value stays applied");
-    let refused = rig
-        .ha
-        .messages()
-        .iter()
-        .filter(|m| m.at >= since && m.json()["type"] == "command_rejected")
-        .count();
+    let refused = rig.ha.count_after(since, "miner2mqtt/bridge/event", |m| {
+        m.json()["type"] == "command_rejected"
+    });
     assert_eq!(refused, 0, "no slider move is refused for being too many");
     daemon.stop().await;
 }
@@ -376,10 +366,7 @@ async fn an_oversized_message_does_not_drop_the_session() {
         .await;
     let reconnects = rig
         .ha
-        .messages()
-        .iter()
-        .filter(|m| m.at >= since && m.topic == "miner2mqtt/bridge/state" && m.text() == "online")
-        .count();
+        .count_after(since, "miner2mqtt/bridge/state", |m| m.text() == "online");
     assert_eq!(
         reconnects, 0,
         "the daemon reconnected after the oversized message"

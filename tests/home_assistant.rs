@@ -141,6 +141,33 @@ where
 /// (it logs its own refusal of a websocket call at ERROR).
 const PROVOKED: &str = "Value 5000.0 for number.bitaxe_gamma_frequency is outside valid range";
 
+/// Waits until HA's device registry holds (or no longer holds) each device identifier.
+async fn wait_for_devices(ha: &HomeAssistant, wanted: &[(&str, bool)], what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, devices) = ha.registries().await;
+        let present = |id: &str| {
+            devices.iter().any(|d| {
+                d["identifiers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|pair| pair[1] == id)
+            })
+        };
+        let wrong: Vec<String> = wanted
+            .iter()
+            .filter(|(id, want)| present(id) != *want)
+            .map(|(id, want)| format!("{id} {}", if *want { "missing" } else { "still there" }))
+            .collect();
+        if wrong.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}, within 30 s: {wrong:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 fn assert_clean_log(ha: &HomeAssistant, when: &str) {
     let problems: Vec<String> = ha
         .problems()
@@ -409,28 +436,10 @@ async fn the_demo_in_a_real_home_assistant() {
         )
     };
     let (keep, gone) = (ids_of(&devs[0]), ids_of(&devs[1]));
-    let has_device = |devices: &[Value], id: &str| {
-        devices.iter().any(|d| {
-            d["identifiers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|pair| pair[1] == id)
-        })
-    };
-    wait_until(
+    wait_for_devices(
+        &ha,
+        &[(&keep, true), (&gone, true)],
         "both miners are devices in HA",
-        Duration::from_secs(30),
-        || {
-            let ha = &ha;
-            let (keep, gone) = (keep.clone(), gone.clone());
-            async move {
-                let (_, devices) = ha.registries().await;
-                (has_device(&devices, &keep) && has_device(&devices, &gone))
-                    .then_some(())
-                    .ok_or_else(|| "not yet".to_string())
-            }
-        },
     )
     .await;
     daemon.stop().await;
@@ -438,20 +447,10 @@ async fn the_demo_in_a_real_home_assistant() {
         raw.mqtt.base_topic = "removal".into()
     });
     let daemon = Daemon::start(one);
-    wait_until(
+    wait_for_devices(
+        &ha,
+        &[(&keep, true), (&gone, false)],
         "the removed miner's device is gone from HA",
-        Duration::from_secs(30),
-        || {
-            let ha = &ha;
-            let (keep, gone) = (keep.clone(), gone.clone());
-            async move {
-                let (_, devices) = ha.registries().await;
-                match (has_device(&devices, &keep), has_device(&devices, &gone)) {
-                    (true, false) => Ok(()),
-                    state => Err(format!("(kept, removed) present: {state:?}")),
-                }
-            }
-        },
     )
     .await;
     daemon.stop().await;

@@ -391,7 +391,13 @@ impl HomeAssistant {
     /// Lines HA logged at WARNING or above, except the harmless start-up ones; each with the
     /// lines that follow it (a traceback) up to the next log record.
     pub fn problems(&self) -> Vec<String> {
-        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        // HA rolls its log over at every start: after a restart the earlier run is in `.1`.
+        let earlier = self.log_path().with_extension("log.1");
+        let log = [earlier, self.log_path()]
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n");
         let mut out: Vec<String> = Vec::new();
         let mut current: Option<String> = None;
         for line in log.lines() {
@@ -427,6 +433,11 @@ impl HomeAssistant {
 impl Drop for HomeAssistant {
     fn drop(&mut self) {
         self.stop();
+        // MINER2MQTT_HA_LOG=FILE keeps HA's log for reading after the test.
+        if let Ok(keep) = std::env::var("MINER2MQTT_HA_LOG") {
+            let _ = std::fs::copy(self.log_path().with_extension("log.1"), format!("{keep}.1"));
+            let _ = std::fs::copy(self.log_path(), keep);
+        }
     }
 }
 

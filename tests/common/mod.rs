@@ -291,6 +291,16 @@ impl Observer {
             .await
     }
 
+    /// How many messages on `topic` since `since` satisfy `pred`.
+    pub fn count_after(&self, since: Instant, topic: &str, pred: impl Fn(&Msg) -> bool) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.at >= since && m.topic == topic && pred(m))
+            .count()
+    }
+
     pub async fn publish(&self, topic: &str, payload: &str) {
         self.client
             .publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
