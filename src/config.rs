@@ -181,6 +181,18 @@ pub enum MinerKind {
     Nmminer,
 }
 
+impl MinerKind {
+    /// The family name band targets may use: `axeos`, `avalon`, `antminer`, `nmminer`.
+    pub fn family(self) -> &'static str {
+        match self {
+            MinerKind::Axeos => "axeos",
+            MinerKind::Avalon => "avalon",
+            MinerKind::Antminer => "antminer",
+            MinerKind::Nmminer => "nmminer",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMiner {
@@ -319,6 +331,8 @@ pub struct RawConfig {
     pub pools: Vec<RawPool>,
     pub miners: Vec<RawMiner>,
     pub nmminer: RawNmminer,
+    /// Prices, bands and the strategy; without it energy is only metered.
+    pub energy: Option<crate::energy::config::RawEnergy>,
 }
 
 impl Default for RawConfig {
@@ -336,6 +350,7 @@ impl Default for RawConfig {
             pools: Vec::new(),
             miners: Vec::new(),
             nmminer: RawNmminer::default(),
+            energy: None,
         }
     }
 }
@@ -399,6 +414,7 @@ pub struct Config {
     pub pools: Vec<ConfiguredPool>,
     pub miners: Vec<MinerConfig>,
     pub nmminer: Option<NmminerConfig>,
+    pub energy: crate::energy::EnergyConfig,
     /// Whether the MQTT password came from `mqtt.password_file`.
     password_file_used: bool,
 }
@@ -883,6 +899,8 @@ fn validate(raw: RawConfig, figment: &Figment) -> Result<Config, ConfigError> {
     } else {
         None
     };
+    let energy = crate::energy::config::validate(raw.energy)
+        .map_err(|(key, value, hint)| invalid(&key, &value, &hint))?;
 
     Ok(Config {
         mqtt: MqttConfig {
@@ -909,6 +927,7 @@ fn validate(raw: RawConfig, figment: &Figment) -> Result<Config, ConfigError> {
         pools,
         miners,
         nmminer,
+        energy,
         password_file_used: m.password_file.is_some(),
     })
 }

@@ -2,6 +2,7 @@
 //! interval, and drains its miner's command queue in order, re-polling after every command so the
 //! new state is published at once. The tasks report to the daemon through one channel.
 
+use crate::control::Origin;
 use crate::miner::{Command, MinerClient, Reading};
 use rand::Rng;
 use std::time::{Duration, SystemTime};
@@ -25,6 +26,7 @@ pub enum FleetEvent {
     CommandDone {
         miner: usize,
         command: Command,
+        origin: Origin,
         result: Result<(), String>,
     },
 }
@@ -34,7 +36,7 @@ pub enum FleetEvent {
 /// actions is kept), so a burst of slider moves ends with the value the user let go at.
 #[derive(Default)]
 struct CommandQueue {
-    queued: std::sync::Mutex<std::collections::VecDeque<Command>>,
+    queued: std::sync::Mutex<std::collections::VecDeque<(Command, Origin)>>,
     ready: tokio::sync::Notify,
 }
 
@@ -42,23 +44,23 @@ struct CommandQueue {
 const QUEUE_LIMIT: usize = 32;
 
 impl CommandQueue {
-    fn push(&self, command: Command) -> Result<(), String> {
+    fn push(&self, command: Command, origin: Origin) -> Result<(), String> {
         {
             let mut queued = self.queued.lock().unwrap_or_else(|e| e.into_inner());
-            queued.retain(|c| c.property() != command.property());
+            queued.retain(|(c, _)| c.property() != command.property());
             if queued.len() >= QUEUE_LIMIT {
                 return Err(
                     "the miner is still working through earlier commands; try again shortly".into(),
                 );
             }
-            queued.push_back(command);
+            queued.push_back((command, origin));
         }
         // Stores a permit when the poller is busy, so no command waits for the next one.
         self.ready.notify_one();
         Ok(())
     }
 
-    async fn next(&self) -> Command {
+    async fn next(&self) -> (Command, Origin) {
         loop {
             if let Some(c) = self
                 .queued
@@ -86,9 +88,9 @@ impl MinerHandle {
         }
     }
 
-    /// Queues a validated command, replacing a queued one for the same property.
-    pub fn submit(&self, command: Command) -> Result<(), String> {
-        self.commands.push(command)
+    /// Queues a validated, admitted command, replacing a queued one for the same property.
+    pub fn submit(&self, command: Command, origin: Origin) -> Result<(), String> {
+        self.commands.push(command, origin)
     }
 }
 
@@ -119,14 +121,14 @@ pub fn spawn_poller(
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                command = queue.next() => {
+                (command, origin) = queue.next() => {
                     let result = client.execute(&command).await.map_err(|e| e.to_string());
                     match &result {
                         Ok(()) => tracing::info!(miner = %name, command = %command.describe(), "applied"),
                         Err(e) => tracing::warn!(miner = %name, command = %command.describe(), error = %e, "command failed"),
                     }
                     let rebooting = matches!(command, Command::Restart | Command::SelectPool(_));
-                    if events.send(FleetEvent::CommandDone { miner, command, result }).await.is_err() {
+                    if events.send(FleetEvent::CommandDone { miner, command, origin, result }).await.is_err() {
                         break;
                     }
                     next = Instant::now() + if rebooting { AFTER_RESTART } else { Duration::ZERO };
@@ -174,7 +176,7 @@ pub fn spawn_datagram_commander(
     let queue = handle.commands.clone();
     tracker.spawn(async move {
         loop {
-            let command = tokio::select! {
+            let (command, origin) = tokio::select! {
                 _ = cancel.cancelled() => break,
                 c = queue.next() => c,
             };
@@ -209,6 +211,7 @@ pub fn spawn_datagram_commander(
                 .send(FleetEvent::CommandDone {
                     miner,
                     command,
+                    origin,
                     result,
                 })
                 .await
@@ -229,12 +232,16 @@ mod tests {
     async fn a_burst_of_commands_applies_the_newest_value() {
         let q = CommandQueue::default();
         for f in 400..420 {
-            q.push(Command::SetFrequency(f)).unwrap();
+            q.push(Command::SetFrequency(f), Origin::User).unwrap();
         }
-        q.push(Command::SetFanSpeed(50)).unwrap();
-        q.push(Command::SetFrequency(525)).unwrap();
-        assert_eq!(q.next().await, Command::SetFanSpeed(50));
-        assert_eq!(q.next().await, Command::SetFrequency(525));
+        q.push(Command::SetFanSpeed(50), Origin::User).unwrap();
+        q.push(Command::SetFrequency(525), Origin::Strategy)
+            .unwrap();
+        assert_eq!(q.next().await, (Command::SetFanSpeed(50), Origin::User));
+        assert_eq!(
+            q.next().await,
+            (Command::SetFrequency(525), Origin::Strategy)
+        );
         assert!(q.queued.lock().unwrap().is_empty());
     }
 }

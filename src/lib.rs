@@ -25,8 +25,10 @@
 
 pub mod bench;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod energy;
 pub mod fleet;
 pub mod hass;
 pub mod miner;

@@ -5,8 +5,12 @@
 //! out once; `samples` is keyed `[miner u32 BE][timestamp ms u64 BE]` so one miner's window is
 //! one ordered range scan; values are compact postcard records. `names` remembers which hardware
 //! id each configured name had, so discovery of removed miners can be cleared after a restart.
+//! `prices` keeps price slots, `energy` each miner's energy meter, `settings` run-time switches.
 
+use crate::energy::meter::MeterRecord;
+use crate::energy::prices::{PriceSlot, SlotKind};
 use crate::miner::{ClockConfig, Telemetry};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -78,6 +82,20 @@ pub struct Store {
     names: sled::Tree,
     /// The retained discovery topics this daemon has published: the only ones it may ever clear.
     owned: sled::Tree,
+    /// Price slots by start (ms, big-endian): a restart or a supplier outage keeps them.
+    prices: sled::Tree,
+    /// Energy meters by hardware id.
+    energy: sled::Tree,
+    /// Small settings the user changes at run time (the strategy's switches).
+    settings: sled::Tree,
+}
+
+/// A stored price slot.
+#[derive(Serialize, Deserialize)]
+struct StoredSlot {
+    end_ms: i64,
+    p_per_kwh: f64,
+    estimated: bool,
 }
 
 fn key(miner: u32, at_ms: u64) -> [u8; 12] {
@@ -114,6 +132,9 @@ impl Store {
             samples: tree("samples")?,
             names: tree("names")?,
             owned: tree("owned_discovery")?,
+            prices: tree("prices")?,
+            energy: tree("energy")?,
+            settings: tree("settings")?,
             db,
         })
     }
@@ -256,6 +277,72 @@ impl Store {
             .filter_map(Result::ok)
             .map(|k| String::from_utf8_lossy(&k).into_owned())
             .collect()
+    }
+
+    /// Keeps price slots (newer replace older for the same start).
+    pub fn save_prices(&self, slots: &[PriceSlot]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for s in slots {
+            let value = StoredSlot {
+                end_ms: s.end.timestamp_millis(),
+                p_per_kwh: s.p_per_kwh,
+                estimated: s.kind == SlotKind::Estimated,
+            };
+            let bytes = postcard::to_stdvec(&value).map_err(|e| self.io(e))?;
+            batch.insert(&s.start.timestamp_millis().to_be_bytes(), bytes);
+        }
+        self.prices.apply_batch(batch).map_err(|e| self.io(e))
+    }
+
+    /// The kept slots starting at or after `from`, in order.
+    pub fn load_prices(&self, from: DateTime<Utc>) -> Vec<PriceSlot> {
+        let from = from.timestamp_millis().to_be_bytes();
+        self.prices
+            .range(from..)
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                let start = i64::from_be_bytes(<[u8; 8]>::try_from(k.as_ref()).ok()?);
+                let s: StoredSlot = postcard::from_bytes(&v).ok()?;
+                Some(PriceSlot {
+                    start: DateTime::from_timestamp_millis(start)?,
+                    end: DateTime::from_timestamp_millis(s.end_ms)?,
+                    p_per_kwh: s.p_per_kwh,
+                    kind: if s.estimated {
+                        SlotKind::Estimated
+                    } else {
+                        SlotKind::Actual
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Keeps a miner's energy meter.
+    pub fn save_meter(&self, hardware_id: &str, record: &MeterRecord) -> Result<(), StoreError> {
+        let bytes = postcard::to_stdvec(record).map_err(|e| self.io(e))?;
+        self.energy
+            .insert(hardware_id, bytes)
+            .map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// A miner's kept energy meter.
+    pub fn load_meter(&self, hardware_id: &str) -> Option<MeterRecord> {
+        let v = self.energy.get(hardware_id).ok()??;
+        postcard::from_bytes(&v).ok()
+    }
+
+    /// A boolean setting kept across restarts.
+    pub fn setting(&self, name: &str) -> Option<bool> {
+        let v = self.settings.get(name).ok()??;
+        v.first().map(|b| *b != 0)
+    }
+
+    pub fn set_setting(&self, name: &str, value: bool) -> Result<(), StoreError> {
+        self.settings
+            .insert(name, &[u8::from(value)])
+            .map_err(|e| self.io(e))?;
+        Ok(())
     }
 
     /// Writes everything to disk; called on shutdown.

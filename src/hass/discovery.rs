@@ -270,6 +270,17 @@ fn origin() -> Value {
     })
 }
 
+/// Which energy entities exist, from the `energy:` configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EnergyFeatures {
+    /// A price source is configured: prices and costs.
+    pub priced: bool,
+    /// Bands are configured: the strategy runs.
+    pub strategy: bool,
+    /// One band is the champion band.
+    pub champion: bool,
+}
+
 /// What a miner's discovery is built from.
 pub struct MinerDevice<'a> {
     pub name: &'a str,
@@ -280,6 +291,7 @@ pub struct MinerDevice<'a> {
     pub limits: &'a Limits,
     /// Seconds of silence after which HA marks sensors unavailable (broadcast devices).
     pub expire_after: Option<u64>,
+    pub energy: EnergyFeatures,
 }
 
 /// The discovery topic and payload for one miner.
@@ -316,6 +328,41 @@ pub fn miner_discovery(topics: &Topics, m: &MinerDevice<'_>) -> (String, Value) 
         // The firmware version lives in the device registry too; the sensor lets automations see it.
         base.value_template = Some("{{ value_json.firmware }}".into());
         b.add("firmware", base, SensorPart::default());
+    }
+    {
+        // Metered from the power samples; kept in the store, so it never goes backwards.
+        let mut base = b.base("sensor", "energy", "Energy");
+        base.icon = None;
+        let part = SensorPart {
+            device_class: Some("energy"),
+            state_class: Some("total_increasing"),
+            unit_of_measurement: Some("kWh"),
+            suggested_display_precision: Some(3),
+            expire_after: None,
+        };
+        b.add("energy", base, part);
+    }
+    if m.energy.priced {
+        let mut base = b.base("sensor", "cost_today", "Cost today");
+        base.icon = Some("mdi:cash");
+        let part = SensorPart {
+            device_class: Some("monetary"),
+            state_class: Some("total"),
+            unit_of_measurement: Some("GBP"),
+            suggested_display_precision: Some(2),
+            expire_after: None,
+        };
+        b.add("cost_today", base, part);
+    }
+    if m.energy.strategy {
+        let mut base = b.base("sensor", "strategy_hold", "Strategy hold");
+        base.icon = Some("mdi:hand-back-right");
+        base.entity_category = Some("diagnostic");
+        let part = SensorPart {
+            device_class: Some("timestamp"),
+            ..Default::default()
+        };
+        b.add("strategy_hold", base, part);
     }
     {
         let mut base = b.base("binary_sensor", "overheating", "Overheating");
@@ -469,8 +516,76 @@ pub fn miner_discovery(topics: &Topics, m: &MinerDevice<'_>) -> (String, Value) 
     (topics.discovery(&oid), payload)
 }
 
+/// The bridge's energy entities: prices (GBP/kWh, the unit HA's energy dashboard takes for a
+/// current-price entity), the cheapest windows ahead, the band and the strategy's switches.
+fn bridge_energy(b: &mut Builder, topics: &Topics, f: EnergyFeatures) {
+    let energy = || BTreeMap::from([("state_topic", Value::from(topics.bridge_energy()))]);
+    if f.priced {
+        #[rustfmt::skip]
+        let prices = [
+            ("price_now", "Price now", "mdi:currency-gbp"),
+            ("price_next", "Next price", "mdi:currency-gbp"),
+            ("price_min_today", "Lowest price today", "mdi:arrow-collapse-down"),
+            ("price_max_today", "Highest price today", "mdi:arrow-collapse-up"),
+            ("price_mean_today", "Mean price today", "mdi:approximately-equal"),
+        ];
+        for (key, name, icon) in prices {
+            let mut base = b.base("sensor", key, name);
+            base.icon = Some(icon);
+            let part = SensorPart {
+                state_class: Some("measurement"),
+                unit_of_measurement: Some("GBP/kWh"),
+                suggested_display_precision: Some(4),
+                ..Default::default()
+            };
+            let mut extra = energy();
+            if key == "price_now" {
+                // The upcoming slots, for a chart card.
+                extra.insert("json_attributes_topic", topics.bridge_prices().into());
+            }
+            b.add_with(key, base, part, extra);
+        }
+        for (key, name) in [
+            ("cheapest_1h", "Cheapest hour ahead"),
+            ("cheapest_3h", "Cheapest 3 hours ahead"),
+        ] {
+            let mut base = b.base("sensor", key, name);
+            base.icon = Some("mdi:clock-star-four-points-outline");
+            let part = SensorPart {
+                device_class: Some("timestamp"),
+                ..Default::default()
+            };
+            b.add_with(key, base, part, energy());
+        }
+    }
+    if f.strategy {
+        let mut base = b.base("sensor", "band", "Price band");
+        base.icon = Some("mdi:layers-triple");
+        b.add_with("band", base, SensorPart::default(), energy());
+        let mut switches = vec![("strategy", "Strategy", "mdi:robot")];
+        if f.champion {
+            switches.push(("champion_mode", "Champion mode", "mdi:trophy"));
+            let mut base = b.base("sensor", "champion", "Champion");
+            base.icon = Some("mdi:trophy-outline");
+            b.add_with("champion", base, SensorPart::default(), energy());
+        }
+        for (key, name, icon) in switches {
+            let mut base = b.base("switch", key, name);
+            base.icon = Some(icon);
+            let part = SwitchPart {
+                command_topic: topics.bridge_request(key),
+                payload_on: "ON",
+                payload_off: "OFF",
+                state_on: "ON",
+                state_off: "OFF",
+            };
+            b.add_with(key, base, part, energy());
+        }
+    }
+}
+
 /// The discovery topic and payload for the bridge device.
-pub fn bridge_discovery(topics: &Topics) -> (String, Value) {
+pub fn bridge_discovery(topics: &Topics, energy: EnergyFeatures) -> (String, Value) {
     let mut b = Builder {
         topics,
         unique_prefix: bridge_device_id(topics),
@@ -533,6 +648,7 @@ pub fn bridge_discovery(topics: &Topics) -> (String, Value) {
         };
         b.add("restart", base, part);
     }
+    bridge_energy(&mut b, topics, energy);
     let payload = json!({
         "dev": {
             "ids": [bridge_device_id(topics)],

@@ -45,6 +45,18 @@ impl Topics {
     pub fn bridge_event(&self) -> String {
         format!("{}/bridge/event", self.base)
     }
+    /// Prices, band and champion (retained).
+    pub fn bridge_energy(&self) -> String {
+        format!("{}/bridge/energy", self.base)
+    }
+    /// The upcoming price slots (retained), for a chart.
+    pub fn bridge_prices(&self) -> String {
+        format!("{}/bridge/prices", self.base)
+    }
+    /// Where prices can be pushed.
+    pub fn bridge_prices_set(&self) -> String {
+        format!("{}/bridge/prices/set", self.base)
+    }
     pub fn bridge_request(&self, action: &str) -> String {
         format!("{}/bridge/request/{action}", self.base)
     }

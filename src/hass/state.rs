@@ -15,6 +15,19 @@ struct StateBody<'a> {
     mode: Option<&'a str>,
     overheating: Option<bool>,
     firmware: Option<&'a str>,
+    #[serde(flatten)]
+    extras: &'a Extras,
+}
+
+/// What the daemon adds beyond the device's own readings.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Extras {
+    /// kWh since first seen (for HA's energy dashboard).
+    pub energy: Option<f64>,
+    /// £ spent today.
+    pub cost_today: Option<f64>,
+    /// Until when a change made by hand holds the strategy off (RFC 3339).
+    pub strategy_hold: Option<String>,
 }
 
 fn body<'a>(
@@ -22,6 +35,7 @@ fn body<'a>(
     firmware: Option<&'a str>,
     limits: Option<&'a Limits>,
     safety: &Safety,
+    extras: &'a Extras,
 ) -> StateBody<'a> {
     let round = |v: Option<f64>, digits: i32| {
         v.map(|x| {
@@ -39,6 +53,7 @@ fn body<'a>(
             .or_else(|| limits.and_then(|l| l.mode_of(t.clock()))),
         overheating: overheating(t, safety),
         firmware,
+        extras,
     }
 }
 
@@ -49,10 +64,11 @@ pub fn state_payload(
     firmware: Option<&str>,
     limits: Option<&Limits>,
     safety: &Safety,
+    extras: &Extras,
 ) -> String {
     let empty = Telemetry::default();
     let t = telemetry.unwrap_or(&empty);
-    serde_json::to_string(&body(t, firmware, limits, safety)).unwrap_or_default()
+    serde_json::to_string(&body(t, firmware, limits, safety, extras)).unwrap_or_default()
 }
 
 /// Builds the state JSON. `telemetry` is `None` before the first successful poll, in which case
@@ -64,7 +80,14 @@ pub fn state_json(
     limits: Option<&Limits>,
     safety: &Safety,
 ) -> Value {
-    serde_json::from_str(&state_payload(telemetry, firmware, limits, safety)).unwrap_or_default()
+    serde_json::from_str(&state_payload(
+        telemetry,
+        firmware,
+        limits,
+        safety,
+        &Extras::default(),
+    ))
+    .unwrap_or_default()
 }
 
 /// Overheating by our thresholds or the firmware's own trip; `None` when nothing is known.

@@ -5,7 +5,11 @@
 //! Shutdown order: cancel the pollers, publish `offline`, disconnect MQTT, wait for the tasks
 //! (bounded), flush the store.
 
+mod energy;
+
 use crate::config::{Config, MinerConfig, MinerKind, LOG_LEVELS};
+use crate::control::{Arbiter, HoldChange, Origin};
+use crate::energy::task::{self as energy_task, Clock, Input as EnergyInput, SystemClock};
 use crate::fleet::{spawn_poller, FleetEvent, MinerHandle};
 use crate::hass::discovery::{self, MinerDevice};
 use crate::hass::{command, state, Topics};
@@ -78,6 +82,10 @@ struct Slot {
     /// property: a persistent session delivers what was sent while the daemon was away at once,
     /// before the first poll. Checked and sent once the miner is read; refused after a while.
     pending: Vec<(String, bytes::Bytes, Instant)>,
+    /// Who may change this miner now (origins and holds).
+    arbiter: Arbiter,
+    /// Energy (kWh) and today's cost (£), from the energy controller.
+    meter: Option<(f64, f64)>,
 }
 
 struct Hub {
@@ -118,6 +126,9 @@ struct Hub {
     /// Who this daemon is (host, pid, start time), told to whoever asks for a health check, so
     /// a second instance can say which one holds the base topic.
     instance: Value,
+    /// The energy controller (prices, strategy, meters).
+    energy: energy_task::Handle,
+    clock: Arc<dyn Clock>,
 }
 
 fn payload_hash(bytes: &[u8]) -> u64 {
@@ -137,6 +148,16 @@ pub async fn run(
     config: Config,
     cancel: CancellationToken,
     log_control: Option<LogControl>,
+) -> anyhow::Result<Exit> {
+    run_with_clock(config, cancel, log_control, Arc::new(SystemClock)).await
+}
+
+/// As `run`, with the energy controller on `clock` (the demo's compressed day).
+pub async fn run_with_clock(
+    config: Config,
+    cancel: CancellationToken,
+    log_control: Option<LogControl>,
+    clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Exit> {
     let topics = Topics::new(&config.mqtt.base_topic, &config.mqtt.discovery_prefix);
     if config.miners.is_empty() && config.nmminer.is_none() {
@@ -233,6 +254,8 @@ pub async fn run(
             warned: HashSet::new(),
             restate_at: None,
             pending: Vec::new(),
+            arbiter: Arbiter::default(),
+            meter: None,
         });
     }
     // What we published before; miners known by name from earlier runs were ours too.
@@ -240,6 +263,13 @@ pub async fn run(
     for (_, hwid) in store.names() {
         owned.insert(topics.discovery(&discovery::object_id(&hwid)));
     }
+    let (energy, mut energy_rx) = energy_task::spawn(
+        config.energy.clone(),
+        store.clone(),
+        clock.clone(),
+        &tracker,
+        pollers.clone(),
+    );
     tracing::info!(miners = slots.len(), broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port), "miner2mqtt started");
 
     let mut hub = Hub {
@@ -275,6 +305,8 @@ pub async fn run(
             "pid": std::process::id(),
             "started": millis(SystemTime::now()),
         }),
+        energy,
+        clock,
     };
 
     // NMMiner telemetry arrives as broadcasts; a bind failure is reported and the rest runs on.
@@ -298,6 +330,7 @@ pub async fn run(
             Some(ev) = fleet_rx.recv() => hub.on_fleet(ev),
             Some(ev) = mqtt_rx.recv() => hub.on_mqtt(ev),
             Some(datagram) = nm_rx.recv() => hub.on_broadcast(&datagram),
+            Some(out) = energy_rx.recv() => hub.on_energy(out),
             _ = tick.tick() => hub.on_tick(),
         }
         if hub.exit.is_some() {
@@ -343,13 +376,18 @@ impl Hub {
             FleetEvent::CommandDone {
                 miner,
                 command,
+                origin,
                 result,
             } => {
                 let name = self.slots[miner].config.name.clone();
+                let origin_name = origin.as_str();
                 match result {
-                    Ok(()) => self.event(json!({ "type": "command_applied", "miner": name, "command": command.describe() })),
+                    Ok(()) => self.event(json!({ "type": "command_applied", "miner": name, "command": command.describe(), "origin": origin_name })),
                     Err(reason) => {
-                        self.event(json!({ "type": "command_failed", "miner": name, "command": command.describe(), "reason": reason }));
+                        if origin == Origin::Strategy {
+                            self.energy.send(EnergyInput::CommandFailed { index: miner });
+                        }
+                        self.event(json!({ "type": "command_failed", "miner": name, "command": command.describe(), "origin": origin_name, "reason": reason }));
                         // Show the device's real value again.
                         self.publish_state(miner);
                     }
@@ -441,6 +479,7 @@ impl Hub {
             self.publish_discovery(i, false);
         }
         self.publish_state(i);
+        self.energy_update(i, Some(at.into()));
         // Commands that waited for this first reading are checked and sent now, in order.
         let pending = std::mem::take(&mut self.slots[i].pending);
         if !pending.is_empty() {
@@ -509,6 +548,8 @@ impl Hub {
                     warned: HashSet::new(),
                     restate_at: None,
                     pending: Vec::new(),
+                    arbiter: Arbiter::default(),
+                    meter: None,
                 });
                 i
             }
@@ -528,6 +569,7 @@ impl Hub {
                     t.discovery_wildcard(),
                     format!("{}/+/set/+", t.base),
                     format!("{}/bridge/request/+", t.base),
+                    t.bridge_prices_set(),
                     t.ha_status(),
                 ]);
                 self.mqtt.publish(t.bridge_state(), "online", true);
@@ -572,6 +614,10 @@ impl Hub {
         let Some(rest) = topic.strip_prefix(&format!("{}/", t.base)) else {
             return;
         };
+        if rest == "bridge/prices/set" {
+            self.on_prices_set(payload);
+            return;
+        }
         if let Some(action) = rest.strip_prefix("bridge/request/") {
             let action = action.to_string();
             self.on_request(&action, payload);
@@ -586,24 +632,34 @@ impl Hub {
         }
     }
 
+    /// A user's command from a set topic.
     fn on_set(&mut self, name: &str, property: &str, payload: &[u8]) {
-        let value = command::clip(payload);
         let Some(i) = self.slots.iter().position(|s| s.config.name == name) else {
             self.event(
                 json!({ "type": "command_rejected", "miner": name, "property": property,
-                "value": value, "reason": format!("no miner is named {name:?}") }),
+                "value": command::clip(payload), "reason": format!("no miner is named {name:?}") }),
             );
             return;
         };
+        self.command(i, name, property, payload, Origin::User);
+    }
+
+    /// Every command, whatever its origin, takes this path: parsed, checked against the safety
+    /// limits, admitted by the miner's arbiter, queued.
+    fn command(&mut self, i: usize, name: &str, property: &str, payload: &[u8], origin: Origin) {
+        let value = command::clip(payload);
         if payload.len() > command::MAX_PAYLOAD {
             let reason = format!(
                 "a {property} command is a short value, not {} bytes",
                 payload.len()
             );
-            self.refuse(i, name, property, &value, &reason);
+            self.refuse_from(i, name, property, &value, &reason, origin);
             return;
         }
         let Some(limits) = &self.slots[i].limits else {
+            if origin == Origin::Strategy {
+                return;
+            }
             // Not read yet (the daemon has just started): hold it until the miner is.
             self.timed.insert(i);
             let pending = &mut self.slots[i].pending;
@@ -638,21 +694,64 @@ impl Hub {
                 tracing::info!(miner = %name, pool = %label, "already on that pool");
                 self.publish_state(i);
             }
-            Ok(cmd) => match self.slots[i].handle.submit(cmd.clone()) {
-                Ok(()) => {
-                    tracing::info!(miner = %name, command = %cmd.describe(), "command queued")
+            Ok(cmd) => {
+                let now = self.clock.now();
+                let manual_hold = self.config.energy.manual_hold;
+                let admitted = if self.config.energy.has_strategy() {
+                    self.slots[i].arbiter.admit(origin, &cmd, now, manual_hold)
+                } else {
+                    Ok(HoldChange::None)
+                };
+                let hold = match admitted {
+                    Ok(hold) => hold,
+                    Err(reason) => {
+                        tracing::debug!(miner = %name, command = %cmd.describe(), origin = origin.as_str(), %reason, "not admitted");
+                        if origin == Origin::Strategy {
+                            self.energy.send(EnergyInput::CommandFailed { index: i });
+                        }
+                        return;
+                    }
+                };
+                match self.slots[i].handle.submit(cmd.clone(), origin) {
+                    Ok(()) => {
+                        tracing::info!(miner = %name, command = %cmd.describe(), origin = origin.as_str(), "command queued");
+                        if let HoldChange::HeldUntil(until) = hold {
+                            self.energy.send(EnergyInput::Hold {
+                                index: i,
+                                until: Some(until),
+                                blocked: false,
+                            });
+                            self.publish_state(i);
+                        }
+                    }
+                    Err(reason) => self.refuse_from(i, name, property, &value, &reason, origin),
                 }
-                Err(reason) => self.refuse(i, name, property, &value, &reason),
-            },
-            Err(reason) => self.refuse(i, name, property, &value, &reason),
+            }
+            Err(reason) => self.refuse_from(i, name, property, &value, &reason, origin),
         }
+    }
+
+    /// As `refuse`, for a command of any origin; a strategy's refusal is also reported to it.
+    fn refuse_from(
+        &mut self,
+        i: usize,
+        name: &str,
+        property: &str,
+        value: &str,
+        reason: &str,
+        origin: Origin,
+    ) {
+        if origin == Origin::Strategy {
+            self.energy.send(EnergyInput::CommandFailed { index: i });
+        }
+        tracing::warn!(miner = %name, property, value, reason, origin = origin.as_str(), "command refused");
+        self.event(json!({ "type": "command_rejected", "miner": name, "property": property, "value": value, "origin": origin.as_str(), "reason": reason }));
+        self.publish_state(i);
     }
 
     /// Tells the user why a command was not sent, and snaps the entity back to the device's value.
     fn refuse(&mut self, i: usize, name: &str, property: &str, value: &str, reason: &str) {
-        tracing::warn!(miner = %name, property, value, reason, "command refused");
-        self.event(json!({ "type": "command_rejected", "miner": name, "property": property, "value": value, "reason": reason }));
-        self.publish_state(i);
+        self.refuse_from(i, name, property, value, reason, Origin::User);
     }
 
     fn on_request(&mut self, action: &str, payload: &[u8]) {
@@ -736,8 +835,11 @@ impl Hub {
                 "polls_failed": self.polls_failed,
             })),
             "history" => self.history(&parsed),
+            a @ ("strategy" | "champion_mode") => self
+                .energy_switch(a, &text)
+                .unwrap_or_else(|| Err(format!("unknown request {a}"))),
             other => Err(format!(
-                "unknown request {}; known: log_level, restart, health_check, history",
+                "unknown request {}; known: log_level, restart, health_check, history, strategy, champion_mode",
                 command::quote(other.as_bytes())
             )),
         };
@@ -863,7 +965,7 @@ impl Hub {
     /// retained copy differs (all of it when `force`), stale discovery cleared, availability
     /// and state.
     fn full_publish(&mut self, force: bool) {
-        let (topic, payload) = discovery::bridge_discovery(&self.topics);
+        let (topic, payload) = discovery::bridge_discovery(&self.topics, self.energy_features());
         self.publish_retained_if_changed(topic.clone(), payload, force);
         self.clear_stale();
         for i in 0..self.slots.len() {
@@ -988,6 +1090,7 @@ impl Hub {
                             .map(|n| n.expire_after.as_secs())
                     })
                     .flatten(),
+                energy: self.energy_features(),
             },
         );
         if self.publish_retained_if_changed(topic, payload, force) {
@@ -999,6 +1102,7 @@ impl Hub {
     fn set_availability(&mut self, i: usize, online: bool) {
         self.slots[i].online = Some(online);
         self.info_dirty = true;
+        self.energy_update(i, None);
         if self.connected {
             let topic = self.topics.availability(&self.slots[i].config.name);
             self.mqtt
@@ -1014,6 +1118,16 @@ impl Hub {
         if slot.reading.is_none() {
             return;
         }
+        let round = |v: f64, digits: i32| (v * 10f64.powi(digits)).round() / 10f64.powi(digits);
+        let priced = self.config.energy.source.is_some();
+        let extras = state::Extras {
+            energy: slot.meter.map(|(kwh, _)| round(kwh, 4)),
+            cost_today: slot.meter.filter(|_| priced).map(|(_, gbp)| round(gbp, 4)),
+            strategy_hold: slot
+                .arbiter
+                .held_until(self.clock.now())
+                .map(|t| t.to_rfc3339()),
+        };
         let body = state::state_payload(
             slot.reading.as_ref().map(|r| &r.telemetry),
             slot.reading
@@ -1021,6 +1135,7 @@ impl Hub {
                 .and_then(|r| r.identity.firmware.as_deref()),
             slot.limits.as_ref(),
             &self.config.safety,
+            &extras,
         );
         self.mqtt
             .publish_volatile(self.topics.state(&slot.config.name), body);

@@ -1,0 +1,218 @@
+//! The hub's side of the energy controller: what it tells the controller (readings, holds,
+//! failed strategy commands, pushed prices, switches) and what it does with the controller's
+//! output (commands through the arbiter and the validated path, events, bridge state).
+
+use super::Hub;
+use crate::control::Origin;
+use crate::energy::prices::{check_slot, PriceSlot, SlotKind};
+use crate::energy::strategy::MinerUpdate;
+use crate::energy::task::{Input, Output};
+use crate::hass::command;
+use crate::hass::discovery::EnergyFeatures;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+/// The most slots one `bridge/prices/set` message may carry (two weeks of half hours).
+const MAX_PUSHED_SLOTS: usize = 2 * 7 * 48;
+
+impl Hub {
+    /// The energy entities the configuration calls for.
+    pub(super) fn energy_features(&self) -> EnergyFeatures {
+        let e = &self.config.energy;
+        EnergyFeatures {
+            priced: e.source.is_some(),
+            strategy: e.has_strategy(),
+            champion: e.has_champion(),
+        }
+    }
+
+    /// Tells the controller about miner `i`: its mode, modes and, with `at`, a sample.
+    pub(super) fn energy_update(&mut self, i: usize, at: Option<DateTime<Utc>>) {
+        let slot = &self.slots[i];
+        let Some(key) = slot.hardware_id.clone() else {
+            return;
+        };
+        let reading = slot.reading.as_ref();
+        let t = reading.map(|r| &r.telemetry);
+        let limits = slot.limits.as_ref();
+        let mode = t.and_then(|t| {
+            t.work_mode.clone().or_else(|| {
+                limits
+                    .and_then(|l| l.mode_of(t.clock()))
+                    .map(str::to_string)
+            })
+        });
+        let update = MinerUpdate {
+            index: i,
+            name: slot.config.name.clone(),
+            family: slot.config.kind.family(),
+            modes: limits
+                .map(|l| l.modes.iter().map(|(n, _)| n.clone()).collect())
+                .unwrap_or_default(),
+            mode,
+            can_pause: limits.is_some_and(|l| l.pause),
+            paused: t.and_then(|t| t.paused),
+            online: slot.online == Some(true),
+            sample: at.map(|at| (at, t.and_then(|t| t.power), t.and_then(|t| t.hashrate))),
+        };
+        self.energy.send(Input::Miner { update, key });
+    }
+
+    /// What the controller asks for.
+    pub(super) fn on_energy(&mut self, out: Output) {
+        match out {
+            Output::Command {
+                index,
+                property,
+                value,
+            } => {
+                let name = self.slots[index].config.name.clone();
+                self.command(index, &name, property, value.as_bytes(), Origin::Strategy);
+            }
+            Output::Event(e) => {
+                tracing::info!(event = %e, "energy");
+                self.event(e);
+            }
+            Output::Bridge(state) => {
+                self.mqtt
+                    .publish(self.topics.bridge_energy(), state.to_string(), true);
+            }
+            Output::Slots(slots) => {
+                self.mqtt
+                    .publish(self.topics.bridge_prices(), slots.to_string(), true);
+            }
+            Output::Meters(meters) => {
+                for (i, kwh, cost) in meters {
+                    if let Some(slot) = self.slots.get_mut(i) {
+                        slot.meter = Some((kwh, cost));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `<base>/bridge/prices/set`: `[{"start": RFC 3339, "end": RFC 3339, "value": price}]`, the
+    /// price in the unit of the bands (p/kWh for UK tariffs). All or nothing: one bad slot refuses
+    /// the message, and the event says which and why.
+    pub(super) fn on_prices_set(&mut self, payload: &[u8]) {
+        match parse_pushed_prices(payload) {
+            Ok(slots) => {
+                tracing::info!(slots = slots.len(), "prices received over MQTT");
+                self.event(json!({ "type": "prices_received", "slots": slots.len() }));
+                self.energy.send(Input::Prices(slots));
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, "prices pushed over MQTT refused");
+                self.event(json!({ "type": "prices_rejected", "reason": reason }));
+            }
+        }
+    }
+
+    /// The bridge's energy switches: `strategy` and `champion_mode`, ON or OFF.
+    pub(super) fn energy_switch(
+        &mut self,
+        action: &str,
+        text: &str,
+    ) -> Option<Result<Value, String>> {
+        if !matches!(action, "strategy" | "champion_mode") {
+            return None;
+        }
+        if !self.config.energy.has_strategy() {
+            return Some(Err(format!(
+                "{action} needs energy.bands in the configuration; none are configured"
+            )));
+        }
+        let on = match text.to_ascii_uppercase().as_str() {
+            "ON" | "TRUE" | "1" => true,
+            "OFF" | "FALSE" | "0" => false,
+            _ => {
+                return Some(Err(format!(
+                    "{action} takes ON or OFF, got {}",
+                    command::quote(text.as_bytes())
+                )))
+            }
+        };
+        self.energy.send(if action == "strategy" {
+            Input::Strategy(on)
+        } else {
+            Input::Champion(on)
+        });
+        Some(Ok(json!({ "value": if on { "ON" } else { "OFF" } })))
+    }
+}
+
+/// Reads a pushed price list.
+pub fn parse_pushed_prices(payload: &[u8]) -> Result<Vec<PriceSlot>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Pushed {
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        value: f64,
+    }
+    if payload.len() > 1 << 20 {
+        return Err(format!(
+            "{} bytes is more than any price list (at most {MAX_PUSHED_SLOTS} slots)",
+            payload.len()
+        ));
+    }
+    let list: Vec<Pushed> = serde_json::from_slice(payload).map_err(|e| {
+        format!("expected a JSON list like [{{\"start\": \"2024-01-08T10:00:00Z\", \"end\": \"2024-01-08T10:30:00Z\", \"value\": 15.2}}]: {e}")
+    })?;
+    if list.is_empty() {
+        return Err("the list is empty".into());
+    }
+    if list.len() > MAX_PUSHED_SLOTS {
+        return Err(format!(
+            "{} slots is more than two weeks; send at most {MAX_PUSHED_SLOTS}",
+            list.len()
+        ));
+    }
+    let mut slots = Vec::with_capacity(list.len());
+    for (i, p) in list.into_iter().enumerate() {
+        let slot = PriceSlot {
+            start: p.start,
+            end: p.end,
+            p_per_kwh: p.value,
+            kind: SlotKind::Actual,
+        };
+        check_slot(&slot).map_err(|e| format!("slot {i}: {e}"))?;
+        slots.push(slot);
+    }
+    slots.sort_by_key(|s| s.start);
+    if let Some(w) = slots.windows(2).find(|w| w[1].start < w[0].end) {
+        return Err(format!(
+            "the slots starting {} and {} overlap",
+            w[0].start, w[1].start
+        ));
+    }
+    Ok(slots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushed_prices_are_all_or_nothing_with_the_reason() {
+        let ok = br#"[{"start":"2024-01-08T10:30:00Z","end":"2024-01-08T11:00:00Z","value":-1.5},
+                      {"start":"2024-01-08T10:00:00Z","end":"2024-01-08T10:30:00Z","value":15.2}]"#;
+        let slots = parse_pushed_prices(ok).unwrap();
+        assert_eq!(slots[0].p_per_kwh, 15.2);
+        assert_eq!(slots[1].p_per_kwh, -1.5);
+        let overlap = br#"[{"start":"2024-01-08T10:00:00Z","end":"2024-01-08T11:00:00Z","value":1},
+                           {"start":"2024-01-08T10:30:00Z","end":"2024-01-08T11:00:00Z","value":2}]"#;
+        assert!(parse_pushed_prices(overlap)
+            .unwrap_err()
+            .contains("overlap"));
+        let backwards =
+            br#"[{"start":"2024-01-08T10:30:00Z","end":"2024-01-08T10:00:00Z","value":1}]"#;
+        assert!(parse_pushed_prices(backwards)
+            .unwrap_err()
+            .starts_with("slot 0"));
+        assert!(parse_pushed_prices(b"15.2")
+            .unwrap_err()
+            .contains("JSON list"));
+        assert!(parse_pushed_prices(b"[]").unwrap_err().contains("empty"));
+    }
+}

@@ -1,0 +1,456 @@
+//! The energy controller: a task of its own beside the hub. It keeps the price book (fetched,
+//! from the config's schedule, or pushed over MQTT; cached in the store), runs the strategy every
+//! minute of its clock, meters every miner's energy, and tells the hub what to send and publish.
+//! It never publishes to MQTT itself.
+
+use super::config::{EnergyConfig, Source};
+use super::meter::Meter;
+use super::octopus::{next_refresh, Octopus};
+use super::prices::{uk_day, PriceBook, PriceSlot};
+use super::strategy::{Action, MinerUpdate, Strategy};
+use crate::store::Store;
+use chrono::{DateTime, Duration, Utc};
+use rand::Rng;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Where the controller's time comes from: the wall clock, or a faster one (the demo, replays).
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+    /// How many clock seconds pass per real second.
+    fn speed(&self) -> f64 {
+        1.0
+    }
+}
+
+/// The wall clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock running `speed` times faster than real time from `start` (the demo's compressed day).
+pub struct FastClock {
+    real_start: std::time::Instant,
+    start: DateTime<Utc>,
+    speed: f64,
+}
+
+impl FastClock {
+    pub fn new(start: DateTime<Utc>, speed: f64) -> FastClock {
+        FastClock {
+            real_start: std::time::Instant::now(),
+            start,
+            speed: speed.max(1.0),
+        }
+    }
+}
+
+impl Clock for FastClock {
+    fn now(&self) -> DateTime<Utc> {
+        let real = self.real_start.elapsed().as_secs_f64() * self.speed;
+        self.start + Duration::milliseconds((real * 1000.0) as i64)
+    }
+    fn speed(&self) -> f64 {
+        self.speed
+    }
+}
+
+/// What the hub tells the controller.
+#[derive(Debug)]
+pub enum Input {
+    /// A reading or status change; `key` is the miner's hardware id (energy totals follow it).
+    Miner {
+        update: MinerUpdate,
+        key: String,
+    },
+    /// The arbiter's hold on a miner changed.
+    Hold {
+        index: usize,
+        until: Option<DateTime<Utc>>,
+        blocked: bool,
+    },
+    /// A command the strategy sent was refused or failed.
+    CommandFailed {
+        index: usize,
+    },
+    /// Prices pushed to `bridge/prices/set`.
+    Prices(Vec<PriceSlot>),
+    /// The bridge's strategy and champion-mode switches.
+    Strategy(bool),
+    Champion(bool),
+    /// Fetched by the price source.
+    Fetched(Vec<PriceSlot>),
+}
+
+/// What the controller asks of the hub.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// A command with origin `strategy`.
+    Command {
+        index: usize,
+        property: &'static str,
+        value: String,
+    },
+    Event(Value),
+    /// The bridge's energy state (`<base>/bridge/energy`).
+    Bridge(Value),
+    /// Upcoming slots (`<base>/bridge/prices`), for a chart card.
+    Slots(Value),
+    /// Each miner's energy figures, by index: (kWh, £ today).
+    Meters(Vec<(usize, f64, f64)>),
+}
+
+/// The sending side, for the hub.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Input>,
+}
+
+impl Handle {
+    /// Hands something to the controller; when it is busy a reading may be dropped (the next
+    /// one carries the same news), never a command result or a switch.
+    pub fn send(&self, input: Input) {
+        match input {
+            Input::Miner { .. } => {
+                let _ = self.tx.try_send(input);
+            }
+            other => {
+                let tx = self.tx.clone();
+                if let Err(mpsc::error::TrySendError::Full(other)) = tx.try_send(other) {
+                    tokio::spawn(async move {
+                        let _ = tx.send(other).await;
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The controller's state outside the strategy.
+struct Controller {
+    strategy: Strategy,
+    store: Store,
+    meters: HashMap<usize, (String, Meter)>,
+    out: mpsc::Sender<Output>,
+    source_label: String,
+    last_bridge: Option<Value>,
+    last_slots: Option<Value>,
+}
+
+const SETTINGS_STRATEGY: &str = "strategy_enabled";
+const SETTINGS_CHAMPION: &str = "champion_enabled";
+
+impl Controller {
+    async fn emit(&self, o: Output) {
+        let _ = self.out.send(o).await;
+    }
+
+    async fn actions(&self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Command {
+                    index,
+                    property,
+                    value,
+                } => {
+                    self.emit(Output::Command {
+                        index,
+                        property,
+                        value,
+                    })
+                    .await
+                }
+                Action::Event(e) => self.emit(Output::Event(e)).await,
+            }
+        }
+    }
+
+    fn add_prices(&mut self, slots: Vec<PriceSlot>, now: DateTime<Utc>) {
+        if let Err(e) = self.store.save_prices(&slots) {
+            tracing::error!(error = %e, "cannot keep prices in the store");
+        }
+        let book = self.strategy.book_mut();
+        book.insert(slots);
+        book.prune_before(now - Duration::days(2));
+    }
+
+    /// Publishes the bridge's energy state and the upcoming slots when they changed.
+    async fn publish(&mut self, now: DateTime<Utc>) {
+        let bridge = bridge_state(&self.strategy, now, &self.source_label);
+        if self.last_bridge.as_ref() != Some(&bridge) {
+            self.last_bridge = Some(bridge.clone());
+            self.emit(Output::Bridge(bridge)).await;
+        }
+        let slots = upcoming_slots(self.strategy.book(), now);
+        if self.last_slots.as_ref() != Some(&slots) {
+            self.last_slots = Some(slots.clone());
+            self.emit(Output::Slots(slots)).await;
+        }
+    }
+
+    async fn save_meters(&mut self) {
+        let mut changed = Vec::new();
+        for (index, (key, meter)) in self.meters.iter_mut() {
+            if meter.dirty {
+                meter.dirty = false;
+                if let Err(e) = self.store.save_meter(key, &meter.record) {
+                    tracing::error!(error = %e, "cannot keep energy totals in the store");
+                }
+                changed.push((*index, meter.record.kwh, meter.record.cost_today));
+            }
+        }
+        if !changed.is_empty() {
+            self.emit(Output::Meters(changed)).await;
+        }
+    }
+}
+
+fn gbp(p: f64) -> f64 {
+    (p / 100.0 * 100_000.0).round() / 100_000.0
+}
+
+/// The bridge's energy state: prices in GBP/kWh (the unit HA's energy dashboard takes for a
+/// current-price entity), today's figures, the cheapest windows ahead, band and champion.
+pub fn bridge_state(s: &Strategy, now: DateTime<Utc>, source: &str) -> Value {
+    let book = s.book();
+    let stats = book.day_stats(now);
+    let window = |h: i64| {
+        book.cheapest_window(now, Duration::hours(h))
+            .map(|(t, _)| t.to_rfc3339())
+    };
+    json!({
+        "price_now": book.at(now).map(|x| gbp(x.p_per_kwh)),
+        "price_next": book.next(now).map(|x| gbp(x.p_per_kwh)),
+        "price_min_today": stats.map(|d| gbp(d.min)),
+        "price_max_today": stats.map(|d| gbp(d.max)),
+        "price_mean_today": stats.map(|d| gbp(d.mean)),
+        "cheapest_1h": window(1),
+        "cheapest_3h": window(3),
+        "band": s.band(),
+        "strategy": if s.enabled { "ON" } else { "OFF" },
+        "champion_mode": if s.champion_enabled { "ON" } else { "OFF" },
+        "champion": s.champion(),
+        "source": source,
+        "known_until": book.known_until(now).map(|t| t.to_rfc3339()),
+    })
+}
+
+/// The slots from the current one on, for a chart (`json_attributes_topic`).
+pub fn upcoming_slots(book: &PriceBook, now: DateTime<Utc>) -> Value {
+    let slots: Vec<Value> = book
+        .range(now, now + Duration::days(2))
+        .map(|s| {
+            json!({
+                "start": s.start.to_rfc3339(),
+                "end": s.end.to_rfc3339(),
+                "p_per_kwh": s.p_per_kwh,
+            })
+        })
+        .collect();
+    json!({ "slots": slots })
+}
+
+/// Starts the controller. Returns its handle and the hub's receiving end.
+pub fn spawn(
+    config: EnergyConfig,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) -> (Handle, mpsc::Receiver<Output>) {
+    let (tx, mut rx) = mpsc::channel::<Input>(8192);
+    let (out, out_rx) = mpsc::channel::<Output>(8192);
+    let handle = Handle { tx: tx.clone() };
+    let source_label = match &config.source {
+        None => "none configured".into(),
+        Some(Source::Octopus {
+            region, product, ..
+        }) => format!(
+            "Octopus Agile, region {region}{}",
+            product
+                .as_deref()
+                .map(|p| format!(", {p}"))
+                .unwrap_or_default()
+        ),
+        Some(Source::Schedule { .. }) => "schedule from the config".into(),
+        Some(Source::Mqtt) => "pushed over MQTT".into(),
+    };
+    if let Some(Source::Octopus {
+        region,
+        product,
+        base_url,
+    }) = &config.source
+    {
+        let octopus = Octopus::new(base_url, *region, product.clone());
+        let known = store
+            .load_prices(clock.now() - Duration::days(1))
+            .iter()
+            .map(|s| s.end)
+            .max();
+        tracker.spawn(fetch_loop(
+            octopus,
+            known,
+            clock.clone(),
+            tx.clone(),
+            out.clone(),
+            cancel.clone(),
+        ));
+    }
+    let mut strategy = Strategy::new(config.clone());
+    strategy.enabled = store.setting(SETTINGS_STRATEGY).unwrap_or(true);
+    strategy.champion_enabled = store.setting(SETTINGS_CHAMPION).unwrap_or(true);
+    let now = clock.now();
+    strategy
+        .book_mut()
+        .insert(store.load_prices(now - Duration::days(2)));
+    let mut c = Controller {
+        strategy,
+        store,
+        meters: HashMap::new(),
+        out,
+        source_label,
+        last_bridge: None,
+        last_slots: None,
+    };
+    tracker.spawn(async move {
+        // A minute of the controller's clock, in real time.
+        let minute = std::time::Duration::from_secs_f64(60.0 / clock.speed());
+        let mut tick = tokio::time::interval(minute);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => {
+                    let now = clock.now();
+                    if let Some(Source::Schedule { price, periods }) = c.strategy.config().source.clone() {
+                        for day in [now, now + Duration::days(1)] {
+                            if c.strategy.book().at(uk_day(day).0).is_none() {
+                                let slots = super::schedule::day_slots(day, price, &periods);
+                                c.add_prices(slots, now);
+                            }
+                        }
+                    }
+                    let actions = c.strategy.tick(now);
+                    c.actions(actions).await;
+                    c.save_meters().await;
+                    c.publish(now).await;
+                }
+                Some(input) = rx.recv() => {
+                    let now = clock.now();
+                    match input {
+                        Input::Miner { update, key } => {
+                            let index = update.index;
+                            if let Some((at, power, _)) = update.sample {
+                                let store = &c.store;
+                                let entry = c.meters.entry(index).or_insert_with(|| {
+                                    (key.clone(), Meter::from_record(store.load_meter(&key).unwrap_or_default()))
+                                });
+                                if entry.0 != key {
+                                    // The miner behind this name changed: its own totals.
+                                    *entry = (key.clone(), Meter::from_record(store.load_meter(&key).unwrap_or_default()));
+                                }
+                                entry.1.add(at, power, c.strategy.book());
+                            }
+                            c.strategy.on_miner(update);
+                        }
+                        Input::Hold { index, until, blocked } => c.strategy.on_hold(index, until, blocked),
+                        Input::CommandFailed { index } => {
+                            let actions = c.strategy.on_command_failed(index, now);
+                            c.actions(actions).await;
+                        }
+                        Input::Prices(slots) | Input::Fetched(slots) => {
+                            c.add_prices(slots, now);
+                            let actions = c.strategy.tick(now);
+                            c.actions(actions).await;
+                            c.publish(now).await;
+                        }
+                        Input::Strategy(on) => {
+                            c.strategy.enabled = on;
+                            let _ = c.store.set_setting(SETTINGS_STRATEGY, on);
+                            c.emit(Output::Event(json!({"type": "strategy_switched", "enabled": on}))).await;
+                            let actions = c.strategy.tick(now);
+                            c.actions(actions).await;
+                            c.publish(now).await;
+                        }
+                        Input::Champion(on) => {
+                            c.strategy.champion_enabled = on;
+                            let _ = c.store.set_setting(SETTINGS_CHAMPION, on);
+                            c.emit(Output::Event(json!({"type": "champion_mode_switched", "enabled": on}))).await;
+                            let actions = c.strategy.tick(now);
+                            c.actions(actions).await;
+                            c.publish(now).await;
+                        }
+                    }
+                }
+            }
+        }
+        // Keep what was metered since the last minute.
+        for (key, meter) in c.meters.values() {
+            if meter.dirty {
+                let _ = c.store.save_meter(key, &meter.record);
+            }
+        }
+    });
+    (handle, out_rx)
+}
+
+/// Fetches Octopus prices on the refresh schedule, with backoff on errors.
+async fn fetch_loop(
+    mut octopus: Octopus,
+    mut known_until: Option<DateTime<Utc>>,
+    clock: Arc<dyn Clock>,
+    tx: mpsc::Sender<Input>,
+    out: mpsc::Sender<Output>,
+    cancel: CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        let now = clock.now();
+        let (from, _) = uk_day(now);
+        let (_, to) = uk_day(now + Duration::days(1));
+        match octopus.fetch(from, to, now).await {
+            Ok(slots) => {
+                if failures > 0 {
+                    tracing::info!("Octopus prices are reachable again");
+                }
+                failures = 0;
+                if let Some(end) = slots.iter().map(|s| s.end).max() {
+                    known_until = known_until.max(Some(end));
+                }
+                tracing::debug!(slots = slots.len(), "Octopus prices fetched");
+                if tx.send(Input::Fetched(slots)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, failures, "cannot fetch Octopus prices; known prices are used meanwhile");
+                if failures == 1 {
+                    let _ = out
+                        .send(Output::Event(json!({
+                            "type": "price_fetch_failed",
+                            "reason": e.to_string(),
+                        })))
+                        .await;
+                }
+            }
+        }
+        let jitter = rand::rng().random_range(-1.0..1.0);
+        let wait = next_refresh(clock.now(), known_until, failures, jitter);
+        let real = std::time::Duration::from_secs_f64(
+            (wait.num_milliseconds().max(1000) as f64 / 1000.0) / clock.speed(),
+        );
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(real) => {}
+        }
+    }
+}
