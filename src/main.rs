@@ -1,6 +1,7 @@
 //! The command line. Parses arguments, installs tracing, loads config, and calls the library.
 
 use clap::{Parser, Subcommand};
+use miner2mqtt::energy::show as prices;
 use miner2mqtt::{bench, config, daemon, demo, sim};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -66,6 +67,22 @@ enum Cmd {
         /// Their model: nano3, nano3s, mini3, q (or s19pro, an Antminer).
         #[arg(long, default_value = "nano3s")]
         avalon_model: sim::cgminer::Model,
+        /// Also start a simulated Octopus Energy API (for energy.octopus.base_url).
+        #[arg(long)]
+        octopus: bool,
+        /// Its port (a free one when omitted).
+        #[arg(long, default_value_t = 0)]
+        octopus_port: u16,
+    },
+    /// Print the known price slots of a day, marking the current one.
+    Prices {
+        #[arg(long, short, env = "MINER2MQTT_CONFIG")]
+        config: Option<PathBuf>,
+        /// A time in the day to show (RFC 3339); now when omitted.
+        #[arg(long)]
+        at: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long, default_value = "table")]
+        format: prices::Format,
     },
     /// Measure the daemon's cost polling N simulated miners (see docs/BENCHMARKS.md).
     Bench(bench::BenchArgs),
@@ -169,9 +186,25 @@ async fn async_main(cli: Cli) -> std::process::ExitCode {
             base_port,
             avalon,
             avalon_model,
+            octopus,
+            octopus_port,
         } => {
             install_tracing("info");
-            simulate(axeos, firmware, &asic, base_port, avalon, avalon_model).await
+            let octopus = octopus.then_some(octopus_port);
+            simulate(
+                axeos,
+                firmware,
+                &asic,
+                base_port,
+                avalon,
+                avalon_model,
+                octopus,
+            )
+            .await
+        }
+        Cmd::Prices { config, at, format } => {
+            install_tracing("warn");
+            prices::run(config, at, format).await
         }
         Cmd::Bench(args) => {
             install_tracing("warn");
@@ -219,6 +252,7 @@ async fn simulate(
     base_port: Option<u16>,
     avalons: u32,
     avalon_model: sim::cgminer::Model,
+    octopus: Option<u16>,
 ) -> anyhow::Result<()> {
     let chip = match asic.to_ascii_uppercase().as_str() {
         "BM1370" => sim::axeos::BM1370,
@@ -243,9 +277,26 @@ async fn simulate(
         let spec = sim::cgminer::AvalonSpec::new(i + 1, avalon_model);
         nanos.push(sim::cgminer::start(spec, "127.0.0.1:0".parse()?, token.clone()).await?);
     }
+    let octopus = match octopus {
+        Some(port) => Some(
+            sim::octopus::start(
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                sim::octopus::Curve::Agile,
+                100,
+                Box::new(chrono::Utc::now),
+                token.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
+        if let Some(o) = &octopus {
+            let line = serde_json::json!({ "kind": "octopus", "base_url": o.base_url() });
+            writeln!(out, "{line}")?;
+        }
         for d in &devices {
             writeln!(out, "{}", sim::describe(d))?;
         }

@@ -1121,8 +1121,8 @@ impl Hub {
         let round = |v: f64, digits: i32| (v * 10f64.powi(digits)).round() / 10f64.powi(digits);
         let priced = self.config.energy.source.is_some();
         let extras = state::Extras {
-            energy: slot.meter.map(|(kwh, _)| round(kwh, 4)),
-            cost_today: slot.meter.filter(|_| priced).map(|(_, gbp)| round(gbp, 4)),
+            energy: slot.meter.map(|(kwh, _)| round(kwh, 6)),
+            cost_today: slot.meter.filter(|_| priced).map(|(_, gbp)| round(gbp, 6)),
             strategy_hold: slot
                 .arbiter
                 .held_until(self.clock.now())

@@ -8,6 +8,7 @@
 //!   per-miner efficiency it ranks champions by.
 //! - [`meter`]: energy (kWh) and today's cost per miner.
 //! - [`task`]: the controller task that runs all of it beside the hub.
+//! - [`show`]: `miner2mqtt prices`, a day's slots on the terminal.
 
 pub mod bands;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod octopus;
 pub mod prices;
 pub mod rolling;
 pub mod schedule;
+pub mod show;
 pub mod strategy;
 pub mod task;
 

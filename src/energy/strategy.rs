@@ -96,6 +96,8 @@ pub struct Strategy {
     failed_champions: HashSet<usize>,
     last_reconcile: Option<DateTime<Utc>>,
     price_missing: bool,
+    /// A miner appeared or came back: apply targets at the next tick.
+    apply_soon: bool,
 }
 
 /// `eco`/`low` → the lowest mode, `standard`/`medium` → the middle one, `turbo`/`high` → the
@@ -135,6 +137,7 @@ impl Strategy {
             failed_champions: HashSet::new(),
             last_reconcile: None,
             price_missing: false,
+            apply_soon: false,
         }
     }
 
@@ -170,15 +173,24 @@ impl Strategy {
         &mut self.miners[index]
     }
 
-    /// A reading or a change of a miner.
-    pub fn on_miner(&mut self, update: MinerUpdate) {
+    /// A reading or a change of a miner. Says whether the miner is new, or came online, or its
+    /// modes changed: then its target should be applied now rather than at the next
+    /// reconciliation.
+    pub fn on_miner(&mut self, update: MinerUpdate) -> bool {
         let t = self.track(update.index);
+        let news = t.info.as_ref().is_none_or(|old| {
+            old.online != update.online
+                || old.modes != update.modes
+                || old.can_pause != update.can_pause
+        }) && update.online;
         if let Some((at, power, hashrate)) = update.sample {
             t.rolling
                 .add(at.timestamp_millis().max(0) as u64, power, hashrate);
             t.hashing = Some((at, hashrate.is_some_and(|h| h > 0.0)));
         }
         t.info = Some(update);
+        self.apply_soon |= news;
+        news
     }
 
     /// The arbiter's hold on a miner changed: held until a time (a user change), or blocked
@@ -221,7 +233,7 @@ impl Strategy {
             })));
         }
         self.price_missing = missing;
-        let mut apply = false;
+        let mut apply = std::mem::take(&mut self.apply_soon);
         if let Some(c) = &change {
             let name = |i: Option<usize>| i.map(|i| self.config.bands[i].name.clone());
             let price = match c.basis {

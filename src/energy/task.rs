@@ -88,6 +88,8 @@ pub enum Input {
     Champion(bool),
     /// Fetched by the price source.
     Fetched(Vec<PriceSlot>),
+    /// The price source's first attempt failed (the strategy may start on what is known).
+    FetchFailed,
 }
 
 /// What the controller asks of the hub.
@@ -320,6 +322,10 @@ pub fn spawn(
         last_bridge: None,
         last_slots: None,
     };
+    // With Octopus prices the strategy waits for the first fetch (or its failure, or 30 s), so a
+    // fresh install does not start in the safe band for the second before prices arrive.
+    let mut ready = !matches!(config.source, Some(Source::Octopus { .. }));
+    let started = std::time::Instant::now();
     tracker.spawn(async move {
         // A minute of the controller's clock, in real time.
         let minute = std::time::Duration::from_secs_f64(60.0 / clock.speed());
@@ -338,8 +344,11 @@ pub fn spawn(
                             }
                         }
                     }
-                    let actions = c.strategy.tick(now);
-                    c.actions(actions).await;
+                    ready |= started.elapsed() >= std::time::Duration::from_secs(30);
+                    if ready {
+                        let actions = c.strategy.tick(now);
+                        c.actions(actions).await;
+                    }
                     c.save_meters().await;
                     c.publish(now).await;
                 }
@@ -357,16 +366,35 @@ pub fn spawn(
                                     // The miner behind this name changed: its own totals.
                                     *entry = (key.clone(), Meter::from_record(store.load_meter(&key).unwrap_or_default()));
                                 }
+                                let before = entry.1.record.kwh;
                                 entry.1.add(at, power, c.strategy.book());
+                                let r = &entry.1.record;
+                                if r.kwh != before || r.cost_today == 0.0 {
+                                    let figures = (index, r.kwh, r.cost_today);
+                                    c.emit(Output::Meters(vec![figures])).await;
+                                }
                             }
-                            c.strategy.on_miner(update);
+                            // A miner seen for the first time, or back online, gets its target now.
+                            if c.strategy.on_miner(update) && ready {
+                                let actions = c.strategy.tick(now);
+                                c.actions(actions).await;
+                            }
                         }
                         Input::Hold { index, until, blocked } => c.strategy.on_hold(index, until, blocked),
                         Input::CommandFailed { index } => {
                             let actions = c.strategy.on_command_failed(index, now);
                             c.actions(actions).await;
                         }
+                        Input::FetchFailed => {
+                            if !ready {
+                                ready = true;
+                                let actions = c.strategy.tick(now);
+                                c.actions(actions).await;
+                                c.publish(now).await;
+                            }
+                        }
                         Input::Prices(slots) | Input::Fetched(slots) => {
+                            ready = true;
                             c.add_prices(slots, now);
                             let actions = c.strategy.tick(now);
                             c.actions(actions).await;
@@ -434,6 +462,7 @@ async fn fetch_loop(
                 failures += 1;
                 tracing::warn!(error = %e, failures, "cannot fetch Octopus prices; known prices are used meanwhile");
                 if failures == 1 {
+                    let _ = tx.send(Input::FetchFailed).await;
                     let _ = out
                         .send(Output::Event(json!({
                             "type": "price_fetch_failed",

@@ -5,6 +5,7 @@
 pub mod axeos;
 pub mod cgminer;
 pub mod nmminer;
+pub mod octopus;
 
 use std::net::SocketAddr;
 use tokio_util::sync::CancellationToken;
