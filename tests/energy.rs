@@ -114,8 +114,8 @@ async fn agile_prices_set_each_miners_mode_and_a_change_by_hand_holds_the_strate
             .presets
             .iter()
             .find(|p| p.name == "eco")
-            .unwrap()
-            .clone();
+            .copied()
+            .unwrap();
         assert_eq!(rig.devs[i].snapshot().frequency, eco.frequency_mhz);
     }
     let applied = rig
