@@ -20,7 +20,9 @@ pub struct BenchArgs {
     /// How many simulated miners.
     #[arg(long, default_value_t = 20)]
     pub miners: u32,
-    /// Which family: axeos (ESP-Miner over HTTP) or avalon (cgminer over TCP).
+    /// Which family: axeos (ESP-Miner over HTTP) or avalon (cgminer over TCP); or `strategy`:
+    /// the energy strategy's tick (bands, champion selection, targets) for that many miners,
+    /// in process, no network.
     #[arg(long, default_value = "axeos")]
     pub kind: String,
     /// How often the daemon polls each miner.
@@ -91,6 +93,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let n = args.miners.to_string();
     let sim_args: Vec<&str> = match args.kind.as_str() {
+        "strategy" => {
+            strategy_bench(args.miners as usize);
+            return Ok(());
+        }
         "axeos" => vec!["simulate", "--axeos", &n, "--firmware", "v2.12"],
         "avalon" => vec!["simulate", "--axeos", "0", "--avalon", &n],
         other => anyhow::bail!("--kind {other:?}: use axeos or avalon"),
@@ -355,4 +361,92 @@ fn child(exe: &std::path::Path) -> Command {
         });
     }
     command
+}
+
+/// Times the strategy's tick for `miners` miners with 6 hours of samples each: the tick that
+/// enters the champion band (choosing the champion among all of them and applying every target),
+/// then an hour of one tick a minute (a reconciliation every 5 minutes).
+fn strategy_bench(miners: usize) {
+    use crate::energy::bands::Band;
+    use crate::energy::config::{EnergyConfig, Source};
+    use crate::energy::prices::{PriceSlot, SlotKind};
+    use crate::energy::strategy::{MinerUpdate, Strategy};
+    use chrono::{DateTime, Duration as Span, Utc};
+    use std::collections::BTreeMap;
+    let band = |name: &str, below: Option<f64>, target: &str, champion: bool| Band {
+        name: name.into(),
+        below,
+        target: BTreeMap::from([("default".to_string(), target.to_string())]),
+        pool: None,
+        champion,
+    };
+    let config = EnergyConfig {
+        source: Some(Source::Mqtt),
+        bands: vec![
+            band("cheap", Some(12.0), "standard", false),
+            band("normal", Some(20.0), "eco", false),
+            band("expensive", None, "off", true),
+        ],
+        ..EnergyConfig::default()
+    };
+    let start: DateTime<Utc> = "2024-01-08T00:00:00Z".parse().expect("a time");
+    let mut strategy = Strategy::new(config);
+    // Cheap for six hours, then expensive.
+    strategy.book_mut().insert((0..24).map(|i| PriceSlot {
+        start: start + Span::minutes(30 * i),
+        end: start + Span::minutes(30 * (i + 1)),
+        p_per_kwh: if i < 12 { 10.0 } else { 25.0 },
+        kind: SlotKind::Actual,
+    }));
+    let modes: Vec<String> = ["eco", "standard", "turbo"].map(String::from).to_vec();
+    let names: Vec<String> = (0..miners).map(|i| format!("miner-{i}")).collect();
+    let fed = Instant::now();
+    // Six hours of samples, one every 30 s per miner, as the hub forwards them.
+    let mut t = start;
+    while t < start + Span::hours(6) {
+        for (i, name) in names.iter().enumerate() {
+            let watts = 15.0 + (i % 97) as f64 * 0.05;
+            strategy.on_miner(MinerUpdate {
+                index: i,
+                name: name.clone(),
+                family: "axeos",
+                modes: modes.clone(),
+                mode: Some("standard".into()),
+                can_pause: true,
+                paused: Some(false),
+                online: true,
+                sample: Some((t, Some(watts), Some(1000.0))),
+            });
+        }
+        strategy.tick(t);
+        t += Span::seconds(30);
+    }
+    let feed = fed.elapsed();
+    let samples = miners * 720;
+    let enter = Instant::now();
+    let actions = strategy.tick(start + Span::hours(6));
+    let enter = enter.elapsed();
+    let mut times = Vec::new();
+    for m in 1..=60 {
+        let at = Instant::now();
+        strategy.tick(start + Span::hours(6) + Span::minutes(m));
+        times.push(at.elapsed());
+    }
+    times.sort();
+    println!(
+        "strategy, {miners} miners: feeding {samples} samples took {:.2} s ({:.2} µs each, ticks included)",
+        feed.as_secs_f64(),
+        feed.as_secs_f64() * 1e6 / samples as f64
+    );
+    println!(
+        "  entering the champion band (champion chosen among {miners}, {} commands and events): {:.2} ms",
+        actions.len(),
+        enter.as_secs_f64() * 1e3
+    );
+    println!(
+        "  an hour of ticks: median {:.3} ms, max {:.3} ms (a reconciliation every 5 minutes); champion {}",
+        times[times.len() / 2].as_secs_f64() * 1e3,
+        times[times.len() - 1].as_secs_f64() * 1e3,
+        strategy.champion().unwrap_or("none")
+    );
 }

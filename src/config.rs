@@ -471,11 +471,13 @@ fn parse_error(e: figment::Error) -> ConfigError {
     ConfigError::Parse(msgs.join("; "))
 }
 
-/// The environment layer: `MINER2MQTT_MQTT__HOST` → `mqtt.host`.
+/// The environment layer: `MINER2MQTT_MQTT__HOST` → `mqtt.host`. `MINER2MQTT_CONFIG`,
+/// `MINER2MQTT_LOG` and the real-HA test's `MINER2MQTT_HA_LOG` / `MINER2MQTT_HA_PYTHON` are not
+/// configuration keys.
 pub fn env_provider() -> Env {
     Env::prefixed("MINER2MQTT_")
         .split("__")
-        .ignore(&["config", "log"])
+        .ignore(&["config", "log", "ha_log", "ha_python"])
 }
 
 /// Extracts and validates from any figment (tests build their own).

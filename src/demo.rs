@@ -4,6 +4,7 @@
 //! embedded one, the daemon, and a live table of what Home Assistant sees over MQTT.
 
 use crate::config::{self, Config, MinerKind, RawConfig, RawMiner};
+use crate::energy::task::{Clock, FastClock};
 use crate::sim::axeos::{DeviceSpec, Firmware, BM1368, BM1370};
 use crate::sim::cgminer::{AvalonSpec, Model};
 use anyhow::Context;
@@ -13,6 +14,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -130,6 +132,22 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         Err(e) => eprintln!("demo: running without the simulated NMMiner: {e}"),
     }
 
+    // Energy on a compressed day: the controller's clock and the Octopus simulator's run 60×
+    // from 05:40 UK time today, so bands change every minute or two and a champion is chosen
+    // when the morning price rises into the champion band.
+    let clock = Arc::new(FastClock::new(demo_day_start(), DEMO_SPEED));
+    let octopus = {
+        let clock = clock.clone();
+        crate::sim::octopus::start(
+            "127.0.0.1:0".parse().expect("a socket address"),
+            crate::sim::octopus::Curve::Agile,
+            100,
+            Box::new(move || clock.now()),
+            cancel.clone(),
+        )
+        .await?
+    };
+
     let given = opts.mqtt.is_some();
     let mut mqtt = opts.mqtt.unwrap_or_default();
     if let Some(b) = opts.broker {
@@ -188,6 +206,7 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         user: "bc1qdemo.lotto".into(),
         password: None,
     }];
+    raw.energy = Some(demo_energy(&octopus.base_url()));
     let config: Config = config::from_figment(&Figment::from(Serialized::defaults(raw)))?;
     let base = config.mqtt.base_topic.clone();
 
@@ -221,6 +240,10 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         println!("  nmminer-lotto      NMLotto  UDP broadcasts from 127.0.0.2 to {nm_listen}");
     }
     println!(
+        "  Energy: a simulated Octopus Agile day at {}, on a clock running {DEMO_SPEED}× from 05:40 UK time (a compressed day: bands change every minute or two, the champion is chosen as the morning price rises)",
+        octopus.base_url()
+    );
+    println!(
         "  Try: mosquitto_pub -h {} -p {} -t {base}/bitaxe-gamma/set/frequency -m 600",
         config.mqtt.host, config.mqtt.port
     );
@@ -231,7 +254,12 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         &config.mqtt,
         &format!("miner2mqtt-demo-view-{}", std::process::id()),
     )?;
-    let daemon = tokio::spawn(crate::daemon::run(config, daemon_cancel.clone(), None));
+    let daemon = tokio::spawn(crate::daemon::run_with_clock(
+        config,
+        daemon_cancel.clone(),
+        None,
+        clock,
+    ));
     if opts.table {
         watch_table(watcher, &base, &names, cancel.clone()).await;
     } else {
@@ -244,6 +272,32 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     Ok(())
 }
 
+/// How much faster than real time the demo's energy clock runs.
+pub const DEMO_SPEED: f64 = 60.0;
+
+/// 05:40 UK time today: the simulated Agile morning is cheap, then rises into the champion band.
+fn demo_day_start() -> chrono::DateTime<chrono::Utc> {
+    let today = crate::energy::prices::uk_day(chrono::Utc::now()).0;
+    crate::energy::prices::uk_time_on_day(today, 5) + chrono::Duration::minutes(40)
+}
+
+/// The demo's bands (p/kWh), fitted to the simulator's Agile day.
+fn demo_energy(base_url: &str) -> crate::energy::config::RawEnergy {
+    serde_json::from_value(serde_json::json!({
+        "source": "octopus",
+        "octopus": { "region": "J", "base_url": base_url },
+        "safe_band": "expensive",
+        "bands": [
+            { "name": "negative", "below": 0, "target": { "default": "turbo", "avalon": "high" } },
+            { "name": "cheap", "below": 12, "target": { "default": "standard", "avalon": "medium" } },
+            { "name": "normal", "below": 18, "target": { "default": "eco", "avalon": "low" } },
+            { "name": "expensive", "below": 30, "target": { "default": "off" }, "champion": true },
+            { "name": "peak", "target": { "default": "off" } },
+        ],
+    }))
+    .expect("the demo's energy section is valid")
+}
+
 /// Subscribes like Home Assistant would and prints the fleet every two seconds.
 async fn watch_table(
     mut options: MqttOptions,
@@ -253,7 +307,7 @@ async fn watch_table(
 ) {
     options.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(options, 64);
-    for topic in ["+/state", "+/availability", "bridge/event"] {
+    for topic in ["+/state", "+/availability", "bridge/event", "bridge/energy"] {
         let _ = client
             .subscribe(format!("{base}/{topic}"), QoS::AtMostOnce)
             .await;
@@ -261,16 +315,18 @@ async fn watch_table(
     let mut states: BTreeMap<String, Value> = BTreeMap::new();
     let mut online: BTreeMap<String, String> = BTreeMap::new();
     let mut last_event = String::new();
+    let mut energy = Value::Null;
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = tick.tick() => print_table(names, &states, &online, &last_event),
+            _ = tick.tick() => print_table(names, &states, &online, &last_event, &energy),
             ev = eventloop.poll() => match ev {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let parts: Vec<&str> = p.topic.split('/').collect();
                     match parts.as_slice() {
                         [_, "bridge", "event"] => last_event = String::from_utf8_lossy(&p.payload).into_owned(),
+                        [_, "bridge", "energy"] => energy = serde_json::from_slice(&p.payload).unwrap_or(Value::Null),
                         [_, name, "state"] => { if let Ok(v) = serde_json::from_slice(&p.payload) { states.insert(name.to_string(), v); } }
                         [_, name, "availability"] => { online.insert(name.to_string(), String::from_utf8_lossy(&p.payload).into_owned()); }
                         _ => {}
@@ -288,6 +344,7 @@ fn print_table(
     states: &BTreeMap<String, Value>,
     online: &BTreeMap<String, String>,
     last_event: &str,
+    energy: &Value,
 ) {
     let num = |v: &Value, k: &str, d: usize| {
         v.get(k)
@@ -315,6 +372,14 @@ fn print_table(
             num(s, "frequency", 0),
             num(s, "core_voltage", 0),
             s.get("mode").and_then(Value::as_str).unwrap_or("—")
+        ));
+    }
+    if let Some(price) = energy.get("price_now").and_then(Value::as_f64) {
+        out.push_str(&format!(
+            "price {:.2} p/kWh, band {}, champion {}\n",
+            price * 100.0,
+            energy["band"].as_str().unwrap_or("—"),
+            energy["champion"].as_str().unwrap_or("—"),
         ));
     }
     if !last_event.is_empty() {

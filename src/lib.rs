@@ -8,15 +8,21 @@
 //!   the `cgminer` TCP client), `nmminer` (UDP broadcasts, handled by the daemon since there is
 //!   nothing to poll); [`miner::asic`] holds the per-ASIC limits.
 //! - [`safety`]: the limits every command is checked against before it can reach a miner.
+//! - [`control`]: command origins and the per-miner arbiter (a change by hand holds the strategy
+//!   off).
 //! - [`fleet`]: one poller task per miner, with its serialised command queue (a command-only task
 //!   for broadcast devices).
 //! - [`store`]: the sled history of every sample, tagged with its clock config.
 //! - [`mqtt`]: the MQTT session (persistent, will, birth, resubscribe on every ConnAck, outbound
 //!   queue) and the start-up check for another live instance on the same base topic.
 //! - [`hass`]: Home Assistant discovery payloads, state JSON and command parsing.
-//! - [`daemon`]: wires the above together and owns the shutdown order.
+//! - [`energy`]: prices (Octopus Agile, schedules, pushed), bands, the strategy and champion,
+//!   energy meters, and the controller task that runs them beside the hub.
+//! - [`daemon`]: the hub: wires the above together and owns the shutdown order; `daemon::energy`
+//!   is its side of the energy controller.
 //! - [`sim`]: faithful simulators of the devices (ESP-Miner over HTTP; Avalon Nano 3/3S, Mini 3,
-//!   Q and Antminer over cgminer TCP; NMMiner broadcasts over UDP), sharing no code with the
+//!   Q and Antminer over cgminer TCP; NMMiner broadcasts over UDP; the Octopus API over HTTP),
+//!   sharing no code with the
 //!   adapters and checked key by key against real captures (tests/sim_fidelity.rs).
 //! - [`demo`] and [`bench`]: the one-command demo and the load benchmark.
 

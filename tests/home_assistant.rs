@@ -315,6 +315,28 @@ async fn the_demo_in_a_real_home_assistant() {
         "the Nano's mode select shows its work mode: {nano_mode}"
     );
 
+    // Energy: the simulated Agile price in GBP/kWh with the upcoming slots as an attribute (for
+    // a chart card), the band, and each miner's energy in kWh.
+    let price = entity_of(&components, &ids, "miner2mqtt bridge", "price_now").to_string();
+    let band = entity_of(&components, &ids, "miner2mqtt bridge", "band").to_string();
+    let energy = entity_of(&components, &ids, "bitaxe-gamma", "energy").to_string();
+    wait_until("the price, band and energy in HA", WAIT, || async {
+        let p = ha.state(&price).await;
+        let b = ha.state(&band).await;
+        let e = ha.state(&energy).await;
+        let slots = p["attributes"]["slots"].as_array().map_or(0, Vec::len);
+        match (numeric(&p), b["state"].as_str(), numeric(&e)) {
+            (Some(_), Some(b), Some(_)) if slots > 0 && b != "unknown" => {
+                assert_eq!(p["attributes"]["unit_of_measurement"], "GBP/kWh");
+                assert_eq!(e["attributes"]["unit_of_measurement"], "kWh");
+                assert_eq!(e["attributes"]["state_class"], "total_increasing");
+                Ok(())
+            }
+            _ => Err(format!("{p}\n{b}\n{e}")),
+        }
+    })
+    .await;
+
     // A number set in HA moves the simulated miner: the new value comes back from the device.
     let frequency = entity_of(&components, &ids, "bitaxe-gamma", "frequency").to_string();
     let (status, body) = ha

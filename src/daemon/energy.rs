@@ -26,8 +26,10 @@ impl Hub {
         }
     }
 
-    /// Tells the controller about miner `i`: its mode, modes and, with `at`, a sample.
-    pub(super) fn energy_update(&mut self, i: usize, at: Option<DateTime<Utc>>) {
+    /// Tells the controller about miner `i`: its mode, modes and, with `sample`, a sample taken
+    /// now by the controller's clock (which runs fast in the demo).
+    pub(super) fn energy_update(&mut self, i: usize, sample: bool) {
+        let at = sample.then(|| self.clock.now());
         let slot = &self.slots[i];
         let Some(key) = slot.hardware_id.clone() else {
             return;

@@ -479,7 +479,7 @@ impl Hub {
             self.publish_discovery(i, false);
         }
         self.publish_state(i);
-        self.energy_update(i, Some(at.into()));
+        self.energy_update(i, true);
         // Commands that waited for this first reading are checked and sent now, in order.
         let pending = std::mem::take(&mut self.slots[i].pending);
         if !pending.is_empty() {
@@ -1102,7 +1102,7 @@ impl Hub {
     fn set_availability(&mut self, i: usize, online: bool) {
         self.slots[i].online = Some(online);
         self.info_dirty = true;
-        self.energy_update(i, None);
+        self.energy_update(i, false);
         if self.connected {
             let topic = self.topics.availability(&self.slots[i].config.name);
             self.mqtt

@@ -332,7 +332,7 @@ impl Strategy {
                             sent.push(("mode", lowest.clone()));
                         }
                     } else {
-                        note = Some(format!("{} cannot be switched off: no smart plug is configured, its firmware cannot pause and it has no modes", info.name));
+                        note = Some(format!("{} has no modes the strategy can set (and cannot pause): it is left as it is in every band", info.name));
                     }
                 }
                 Want::Mode(target) => match resolve_mode(target, &info.modes) {
@@ -345,6 +345,12 @@ impl Strategy {
                             sent.push(("mode", mode));
                         }
                     }
+                    None if info.modes.is_empty() => {
+                        note = Some(format!(
+                            "{} has no modes the strategy can set (and cannot pause): it is left as it is in every band",
+                            info.name
+                        ));
+                    }
                     None => {
                         note = Some(format!(
                             "band {band:?} asks for mode {target:?}, which {} does not have (its modes: {}); it is left as it is",
@@ -355,7 +361,13 @@ impl Strategy {
                 },
             }
             if let Some(reason) = note {
-                if t.warned.insert(format!("{band}/{want:?}")) {
+                // A miner with no modes that cannot pause is told about once, not per band.
+                let key = if info.modes.is_empty() && !info.can_pause {
+                    "uncontrollable".to_string()
+                } else {
+                    format!("{band}/{want:?}")
+                };
+                if t.warned.insert(key) {
                     actions.push(Action::Event(json!({
                         "type": "strategy_skipped", "miner": info.name, "band": band, "reason": reason,
                     })));
