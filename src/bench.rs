@@ -370,7 +370,7 @@ fn strategy_bench(miners: usize) {
     use crate::energy::bands::Band;
     use crate::energy::config::{EnergyConfig, Source};
     use crate::energy::prices::{PriceSlot, SlotKind};
-    use crate::energy::strategy::{MinerUpdate, Strategy};
+    use crate::energy::strategy::{MinerInfo, MinerStatus, Strategy};
     use chrono::{DateTime, Duration as Span, Utc};
     use std::collections::BTreeMap;
     let band = |name: &str, below: Option<f64>, target: &str, champion: bool| Band {
@@ -400,21 +400,26 @@ fn strategy_bench(miners: usize) {
     }));
     let modes: Vec<String> = ["eco", "standard", "turbo"].map(String::from).to_vec();
     let names: Vec<String> = (0..miners).map(|i| format!("miner-{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        strategy.on_info(MinerInfo {
+            index: i,
+            name: name.clone(),
+            family: "axeos",
+            modes: modes.clone(),
+            can_pause: true,
+        });
+    }
     let fed = Instant::now();
     // Six hours of samples, one every 30 s per miner, as the hub forwards them.
     let mut t = start;
     while t < start + Span::hours(6) {
-        for (i, name) in names.iter().enumerate() {
+        for i in 0..miners {
             let watts = 15.0 + (i % 97) as f64 * 0.05;
-            strategy.on_miner(MinerUpdate {
+            strategy.on_status(MinerStatus {
                 index: i,
-                name: name.clone(),
-                family: "axeos",
-                modes: modes.clone(),
-                mode: Some("standard".into()),
-                can_pause: true,
-                paused: Some(false),
                 online: true,
+                mode: Some(1),
+                paused: Some(false),
                 sample: Some((t, Some(watts), Some(1000.0))),
             });
         }

@@ -11,8 +11,7 @@ use chrono::{DateTime, Utc};
 use std::time::Duration;
 
 /// Where a command came from, highest precedence first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     Safety,
     Benchmark,
@@ -85,11 +84,6 @@ impl Arbiter {
                 None => Ok(HoldChange::None),
             },
         }
-    }
-
-    /// Lifts a user hold (the user gave the miner back to the strategy).
-    pub fn release(&mut self) {
-        self.user_hold_until = None;
     }
 }
 

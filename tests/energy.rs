@@ -68,6 +68,16 @@ async fn mode_becomes(rig: &Rig, miner: &str, mode: &str) -> Value {
         .json()
 }
 
+/// The first state of `miner` whose energy figure is above `floor`.
+async fn energy_above(rig: &Rig, miner: &str, floor: f64) -> Value {
+    rig.ha
+        .wait_for(&format!("miner2mqtt/{miner}/state"), WAIT, |m| {
+            m.json()["energy"].as_f64().is_some_and(|e| e > floor)
+        })
+        .await
+        .json()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agile_prices_set_each_miners_mode_and_a_change_by_hand_holds_the_strategy_off() {
     let (rig, sim) = rig().await;
@@ -250,22 +260,10 @@ async fn agile_prices_set_each_miners_mode_and_a_change_by_hand_holds_the_strate
     );
 
     // Energy is metered from the power samples and only goes up.
-    let first = rig
-        .ha
-        .wait_for("miner2mqtt/gamma-1/state", WAIT, |m| {
-            m.json()["energy"].as_f64().is_some_and(|e| e > 0.0)
-        })
-        .await
-        .json()["energy"]
+    let first = energy_above(&rig, "gamma-1", 0.0).await["energy"]
         .as_f64()
         .unwrap();
-    let later = rig
-        .ha
-        .wait_for("miner2mqtt/gamma-1/state", WAIT, |m| {
-            m.json()["energy"].as_f64().is_some_and(|e| e > first)
-        })
-        .await
-        .json();
+    let later = energy_above(&rig, "gamma-1", first).await;
     assert!(later["cost_today"].as_f64().unwrap() > 0.0, "{later}");
     daemon.stop().await;
 }
@@ -285,13 +283,7 @@ async fn an_octopus_outage_and_a_restart_keep_the_known_prices_and_the_energy_to
             m.json()["band"] == "normal"
         })
         .await;
-    let energy_before = rig
-        .ha
-        .wait_for("miner2mqtt/gamma-1/state", WAIT, |m| {
-            m.json()["energy"].as_f64().is_some_and(|e| e > 0.0)
-        })
-        .await
-        .json()["energy"]
+    let energy_before = energy_above(&rig, "gamma-1", 0.0).await["energy"]
         .as_f64()
         .unwrap();
     daemon.stop().await;
@@ -334,15 +326,80 @@ async fn an_octopus_outage_and_a_restart_keep_the_known_prices_and_the_energy_to
         "prices were known; none is missing"
     );
     // The energy total carries on from where it was.
-    let after = rig
-        .ha
-        .wait_for("miner2mqtt/gamma-1/state", WAIT, |m| {
-            m.json()["energy"].as_f64().is_some()
-        })
-        .await
-        .json()["energy"]
+    // (The first figure after the restart, whatever it is.)
+    let after = energy_above(&rig, "gamma-1", f64::NEG_INFINITY).await["energy"]
         .as_f64()
         .unwrap();
     assert!(after >= energy_before, "{after} < {energy_before}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_octopus_adapter_follows_every_page_waits_for_publication_and_names_each_fault() {
+    use miner2mqtt::energy::octopus::Octopus;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    // The simulator's clock: 2024-01-08 (winter, UK = UTC), 15:00 until the test moves it on.
+    let at = std::sync::Arc::new(std::sync::Mutex::new(
+        "2024-01-08T15:00:00Z"
+            .parse::<chrono::DateTime<Utc>>()
+            .unwrap(),
+    ));
+    let clock = at.clone();
+    let sim = octopus::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Curve::Agile,
+        7,
+        Box::new(move || *clock.lock().unwrap()),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let day = |d: &str| {
+        let from: chrono::DateTime<Utc> = format!("{d}T00:00:00Z").parse().unwrap();
+        (from, from + Span::days(1))
+    };
+    let now = *at.lock().unwrap();
+    // The product comes from the (paginated) products list, the slots from 7 pages. At 15:00
+    // Agile has published up to 23:00 today: 46 slots.
+    let mut o = Octopus::new(&sim.base_url(), 'J', None);
+    let (from, to) = day("2024-01-08");
+    let slots = o.fetch(from, to, now).await.unwrap();
+    assert_eq!(slots.len(), 46);
+    assert_eq!(o.tariff(octopus::PRODUCT), "E-1R-AGILE-24-10-01-J");
+    assert!(
+        slots.windows(2).all(|w| w[0].end == w[1].start),
+        "in order, no gaps"
+    );
+    assert_eq!(slots[0].start, from);
+    assert_eq!(slots[45].end, from + Span::hours(23));
+    let (next_from, next_to) = day("2024-01-09");
+    assert!(o.fetch(next_from, next_to, now).await.unwrap().is_empty());
+    // After 16:00 UK tomorrow's appear, up to 23:00, and today is whole.
+    *at.lock().unwrap() = "2024-01-08T16:05:00Z".parse().unwrap();
+    assert_eq!(o.fetch(from, to, now).await.unwrap().len(), 48);
+    let tomorrow = o.fetch(next_from, next_to, now).await.unwrap();
+    assert_eq!(tomorrow.len(), 46);
+    let (from, to) = (next_from, next_to);
+    // Faults are named for what they are.
+    sim.set_fault(Fault::Unavailable);
+    let e = o.fetch(from, to, now).await.unwrap_err().to_string();
+    assert!(e.contains("HTTP 503") && e.contains("unavailable"), "{e}");
+    sim.set_fault(Fault::ForbiddenHtml);
+    let e = o.fetch(from, to, now).await.unwrap_err().to_string();
+    assert!(e.contains("HTTP 403") && e.contains("HTML page"), "{e}");
+    cancel.cancel();
+}
+
+/// Regression: with no `energy:` section the energy controller died at its first tick, and no
+/// miner's energy was ever metered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_energy_section_each_miners_energy_is_still_metered() {
+    let (rig, _sim) = rig().await;
+    let daemon = Daemon::start(rig.config(&["gamma-1", "gamma-2"], |_| {}));
+    let first = energy_above(&rig, "gamma-1", 0.0).await;
+    assert!(first["cost_today"].is_null(), "no prices, no cost: {first}");
+    assert!(first["strategy_hold"].is_null());
+    let e = first["energy"].as_f64().unwrap();
+    energy_above(&rig, "gamma-1", e).await;
     daemon.stop().await;
 }

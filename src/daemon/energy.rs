@@ -5,10 +5,10 @@
 use super::Hub;
 use crate::control::Origin;
 use crate::energy::prices::{check_slot, PriceSlot, SlotKind};
-use crate::energy::strategy::MinerUpdate;
-use crate::energy::task::{Input, Output};
-use crate::hass::command;
+use crate::energy::strategy::{MinerInfo, MinerStatus};
+use crate::energy::task::{Input, Output, Switch};
 use crate::hass::discovery::EnergyFeatures;
+use crate::hass::{command, state};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
@@ -26,38 +26,46 @@ impl Hub {
         }
     }
 
-    /// Tells the controller about miner `i`: its mode, modes and, with `sample`, a sample taken
-    /// now by the controller's clock (which runs fast in the demo).
-    pub(super) fn energy_update(&mut self, i: usize, sample: bool) {
-        let at = sample.then(|| self.clock.now());
+    /// Tells the controller what miner `i` is: its name, family and modes (on its first reading
+    /// and whenever its capabilities or identity change).
+    pub(super) fn energy_info(&mut self, i: usize) {
         let slot = &self.slots[i];
         let Some(key) = slot.hardware_id.clone() else {
             return;
         };
-        let reading = slot.reading.as_ref();
-        let t = reading.map(|r| &r.telemetry);
         let limits = slot.limits.as_ref();
-        let mode = t.and_then(|t| {
-            t.work_mode.clone().or_else(|| {
-                limits
-                    .and_then(|l| l.mode_of(t.clock()))
-                    .map(str::to_string)
-            })
-        });
-        let update = MinerUpdate {
+        let info = MinerInfo {
             index: i,
             name: slot.config.name.clone(),
             family: slot.config.kind.family(),
             modes: limits
                 .map(|l| l.modes.iter().map(|(n, _)| n.clone()).collect())
                 .unwrap_or_default(),
-            mode,
             can_pause: limits.is_some_and(|l| l.pause),
-            paused: t.and_then(|t| t.paused),
-            online: slot.online == Some(true),
-            sample: at.map(|at| (at, t.and_then(|t| t.power), t.and_then(|t| t.hashrate))),
         };
-        self.energy.send(Input::Miner { update, key });
+        self.energy.send(Input::Info { info, key });
+    }
+
+    /// Tells the controller how miner `i` is: online, mode, paused and, with `sample`, a sample
+    /// taken now by the controller's clock (which runs fast in the demo).
+    pub(super) fn energy_status(&mut self, i: usize, sample: bool) {
+        let slot = &self.slots[i];
+        let t = slot.reading.as_ref().map(|r| &r.telemetry);
+        let limits = slot.limits.as_ref();
+        let mode = t
+            .and_then(|t| state::mode(t, limits))
+            .and_then(|name| limits.and_then(|l| l.modes.iter().position(|(n, _)| n == name)));
+        let status = MinerStatus {
+            index: i,
+            online: slot.online == Some(true),
+            mode,
+            paused: t.and_then(|t| t.paused),
+            sample: sample.then(|| {
+                let (power, hashrate) = (t.and_then(|t| t.power), t.and_then(|t| t.hashrate));
+                (self.clock.now(), power, hashrate)
+            }),
+        };
+        self.energy.send(Input::Status(status));
     }
 
     /// What the controller asks for.
@@ -83,11 +91,13 @@ impl Hub {
                 self.mqtt
                     .publish(self.topics.bridge_prices(), slots.to_string(), true);
             }
-            Output::Meters(meters) => {
-                for (i, kwh, cost) in meters {
-                    if let Some(slot) = self.slots.get_mut(i) {
-                        slot.meter = Some((kwh, cost));
-                    }
+            Output::Meter {
+                index,
+                kwh,
+                cost_today,
+            } => {
+                if let Some(slot) = self.slots.get_mut(index) {
+                    slot.meter = Some((kwh, cost_today));
                 }
             }
         }
@@ -110,36 +120,17 @@ impl Hub {
         }
     }
 
-    /// The bridge's energy switches: `strategy` and `champion_mode`, ON or OFF.
-    pub(super) fn energy_switch(
-        &mut self,
-        action: &str,
-        text: &str,
-    ) -> Option<Result<Value, String>> {
-        if !matches!(action, "strategy" | "champion_mode") {
-            return None;
-        }
+    /// The bridge's energy switches, ON or OFF.
+    pub(super) fn energy_switch(&mut self, switch: Switch, text: &str) -> Result<Value, String> {
+        let action = switch.request();
         if !self.config.energy.has_strategy() {
-            return Some(Err(format!(
+            return Err(format!(
                 "{action} needs energy.bands in the configuration; none are configured"
-            )));
+            ));
         }
-        let on = match text.to_ascii_uppercase().as_str() {
-            "ON" | "TRUE" | "1" => true,
-            "OFF" | "FALSE" | "0" => false,
-            _ => {
-                return Some(Err(format!(
-                    "{action} takes ON or OFF, got {}",
-                    command::quote(text.as_bytes())
-                )))
-            }
-        };
-        self.energy.send(if action == "strategy" {
-            Input::Strategy(on)
-        } else {
-            Input::Champion(on)
-        });
-        Some(Ok(json!({ "value": if on { "ON" } else { "OFF" } })))
+        let on = command::on_off(text, action)?;
+        self.energy.send(Input::Switch(switch, on));
+        Ok(json!({ "value": if on { "ON" } else { "OFF" } }))
     }
 }
 

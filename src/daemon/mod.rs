@@ -9,7 +9,7 @@ mod energy;
 
 use crate::config::{Config, MinerConfig, MinerKind, LOG_LEVELS};
 use crate::control::{Arbiter, HoldChange, Origin};
-use crate::energy::task::{self as energy_task, Clock, Input as EnergyInput, SystemClock};
+use crate::energy::task::{self as energy_task, Clock, Input as EnergyInput, Switch, SystemClock};
 use crate::fleet::{spawn_poller, FleetEvent, MinerHandle};
 use crate::hass::discovery::{self, MinerDevice};
 use crate::hass::{command, state, Topics};
@@ -86,6 +86,27 @@ struct Slot {
     arbiter: Arbiter,
     /// Energy (kWh) and today's cost (£), from the energy controller.
     meter: Option<(f64, f64)>,
+}
+
+impl Slot {
+    /// A miner not read yet; its hardware id as the store last knew it.
+    fn new(config: MinerConfig, handle: MinerHandle, store: &Store) -> Slot {
+        Slot {
+            hardware_id: store.hardware_id_of(&config.name),
+            config,
+            handle,
+            reading: None,
+            online: None,
+            failures: 0,
+            limits: None,
+            store_number: None,
+            warned: HashSet::new(),
+            restate_at: None,
+            pending: Vec::new(),
+            arbiter: Arbiter::default(),
+            meter: None,
+        }
+    }
 }
 
 struct Hub {
@@ -242,21 +263,7 @@ pub async fn run_with_clock(
             &tracker,
             pollers.clone(),
         );
-        slots.push(Slot {
-            config: m.clone(),
-            handle,
-            reading: None,
-            online: None,
-            failures: 0,
-            limits: None,
-            hardware_id: store.hardware_id_of(&m.name),
-            store_number: None,
-            warned: HashSet::new(),
-            restate_at: None,
-            pending: Vec::new(),
-            arbiter: Arbiter::default(),
-            meter: None,
-        });
+        slots.push(Slot::new(m.clone(), handle, &store));
     }
     // What we published before; miners known by name from earlier runs were ours too.
     let mut owned: HashSet<String> = store.owned_discovery().into_iter().collect();
@@ -461,6 +468,9 @@ impl Hub {
                 _ => {}
             }
         }
+        if caps_changed || identity_changed {
+            self.energy_info(i);
+        }
         if identity_changed {
             self.clear_stale();
         }
@@ -479,7 +489,7 @@ impl Hub {
             self.publish_discovery(i, false);
         }
         self.publish_state(i);
-        self.energy_update(i, true);
+        self.energy_status(i, true);
         // Commands that waited for this first reading are checked and sent now, in order.
         let pending = std::mem::take(&mut self.slots[i].pending);
         if !pending.is_empty() {
@@ -536,21 +546,7 @@ impl Hub {
                     self.pollers.clone(),
                 );
                 tracing::info!(miner = %name, ip = %status.ip, board = %status.board, "NMMiner found");
-                self.slots.push(Slot {
-                    hardware_id: self.store.hardware_id_of(&name),
-                    config,
-                    handle,
-                    reading: None,
-                    online: None,
-                    failures: 0,
-                    limits: None,
-                    store_number: None,
-                    warned: HashSet::new(),
-                    restate_at: None,
-                    pending: Vec::new(),
-                    arbiter: Arbiter::default(),
-                    meter: None,
-                });
+                self.slots.push(Slot::new(config, handle, &self.store));
                 i
             }
         };
@@ -719,7 +715,6 @@ impl Hub {
                             self.energy.send(EnergyInput::Hold {
                                 index: i,
                                 until: Some(until),
-                                blocked: false,
                             });
                             self.publish_state(i);
                         }
@@ -835,9 +830,8 @@ impl Hub {
                 "polls_failed": self.polls_failed,
             })),
             "history" => self.history(&parsed),
-            a @ ("strategy" | "champion_mode") => self
-                .energy_switch(a, &text)
-                .unwrap_or_else(|| Err(format!("unknown request {a}"))),
+            "strategy" => self.energy_switch(Switch::Strategy, &text),
+            "champion_mode" => self.energy_switch(Switch::Champion, &text),
             other => Err(format!(
                 "unknown request {}; known: log_level, restart, health_check, history, strategy, champion_mode",
                 command::quote(other.as_bytes())
@@ -1102,7 +1096,10 @@ impl Hub {
     fn set_availability(&mut self, i: usize, online: bool) {
         self.slots[i].online = Some(online);
         self.info_dirty = true;
-        self.energy_update(i, false);
+        if !online {
+            // Coming online is told with the reading that brought it.
+            self.energy_status(i, false);
+        }
         if self.connected {
             let topic = self.topics.availability(&self.slots[i].config.name);
             self.mqtt
@@ -1119,7 +1116,7 @@ impl Hub {
             return;
         }
         let round = |v: f64, digits: i32| (v * 10f64.powi(digits)).round() / 10f64.powi(digits);
-        let priced = self.config.energy.source.is_some();
+        let priced = self.energy_features().priced;
         let extras = state::Extras {
             energy: slot.meter.map(|(kwh, _)| round(kwh, 6)),
             cost_today: slot.meter.filter(|_| priced).map(|(_, gbp)| round(gbp, 6)),

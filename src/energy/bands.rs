@@ -84,20 +84,8 @@ impl BandTracker {
         }
     }
 
-    pub fn bands(&self) -> &[Band] {
-        &self.bands
-    }
-
     pub fn current(&self) -> Option<usize> {
         self.current
-    }
-
-    /// Starts in a band remembered from before a restart (dwell counted from `since`).
-    pub fn resume(&mut self, band: usize, since: DateTime<Utc>) {
-        if band < self.bands.len() {
-            self.current = Some(band);
-            self.since = Some(since);
-        }
     }
 
     /// Evaluates at `now`; returns the change if the band changed.

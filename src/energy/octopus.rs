@@ -151,10 +151,6 @@ impl Octopus {
         }
     }
 
-    pub fn product(&self) -> Option<&str> {
-        self.product.as_deref()
-    }
-
     pub fn tariff(&self, product: &str) -> String {
         format!("E-1R-{product}-{}", self.region)
     }

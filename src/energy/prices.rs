@@ -100,8 +100,6 @@ impl PriceBook {
 
     /// Forgets slots that ended before `t`.
     pub fn prune_before(&mut self, t: DateTime<Utc>) {
-        let keep = self.slots.split_off(&(t - Duration::days(1)));
-        self.slots = keep;
         self.slots.retain(|_, s| s.end > t);
     }
 
@@ -128,11 +126,6 @@ impl PriceBook {
     ) -> impl Iterator<Item = &PriceSlot> + '_ {
         let first = self.at(from).map(|s| s.start).unwrap_or(from);
         self.slots.range(first..to).map(|(_, s)| s)
-    }
-
-    /// Every slot, in order.
-    pub fn all(&self) -> impl Iterator<Item = &PriceSlot> + '_ {
-        self.slots.values()
     }
 
     /// The end of the run of gap-free slots that covers `t` (`None` when `t` has no price).
@@ -197,25 +190,19 @@ impl PriceBook {
 /// The UK day (Europe/London midnight to midnight) containing `t`, in UTC.
 pub fn uk_day(t: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
     let date = t.with_timezone(&London).date_naive();
-    let start = uk_midnight(date);
-    let end = uk_midnight(date.succ_opt().unwrap_or(date));
+    let start = uk_local(date, 0);
+    let end = uk_local(date.succ_opt().unwrap_or(date), 0);
     (start, end)
-}
-
-/// Midnight UK time on `date`, in UTC. (UK clocks change at 01:00 or 02:00, so midnight always
-/// exists exactly once.)
-pub fn uk_midnight(date: chrono::NaiveDate) -> DateTime<Utc> {
-    let naive = date.and_time(NaiveTime::MIN);
-    London
-        .from_local_datetime(&naive)
-        .earliest()
-        .map(|t| t.with_timezone(&Utc))
-        .unwrap_or_else(|| Utc.from_utc_datetime(&naive))
 }
 
 /// `t` at UK wall-clock `hour`:00 on the UK day containing it.
 pub fn uk_time_on_day(t: DateTime<Utc>, hour: u32) -> DateTime<Utc> {
-    let date = t.with_timezone(&London).date_naive();
+    uk_local(t.with_timezone(&London).date_naive(), hour)
+}
+
+/// UK wall-clock `hour`:00 on `date`, in UTC; the earlier instant when the clocks go back.
+/// (UK clocks change at 01:00 or 02:00, so midnight always exists exactly once.)
+fn uk_local(date: chrono::NaiveDate, hour: u32) -> DateTime<Utc> {
     let naive = date.and_time(NaiveTime::from_hms_opt(hour, 0, 0).unwrap_or(NaiveTime::MIN));
     London
         .from_local_datetime(&naive)

@@ -23,20 +23,27 @@ const CHAMPION_FAILURES: u32 = 3;
 /// Samples a champion candidate needs in the window.
 const CHAMPION_MIN_SECONDS: f64 = 30.0 * 60.0;
 
-/// What the hub tells the strategy about a miner on every reading or change.
+/// What a miner is: sent when it is first read and whenever that changes.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MinerUpdate {
+pub struct MinerInfo {
     pub index: usize,
     pub name: String,
     /// `axeos`, `avalon`, `antminer`, `nmminer`: band targets may name a family.
     pub family: &'static str,
     /// Mode names, lowest first.
     pub modes: Vec<String>,
-    pub mode: Option<String>,
     pub can_pause: bool,
-    pub paused: Option<bool>,
+}
+
+/// How a miner is now: sent on every reading and availability change, so it allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MinerStatus {
+    pub index: usize,
     pub online: bool,
-    /// A sample taken at this time (`None` for a status change only).
+    /// The mode it is in, as an index into its info's modes.
+    pub mode: Option<usize>,
+    pub paused: Option<bool>,
+    /// A sample taken at this time: power (W) and hashrate (GH/s).
     pub sample: Option<(DateTime<Utc>, Option<f64>, Option<f64>)>,
 }
 
@@ -61,13 +68,15 @@ pub enum Action {
 
 #[derive(Debug, Clone, Default)]
 struct Track {
-    info: Option<MinerUpdate>,
+    info: Option<MinerInfo>,
+    online: bool,
+    mode: Option<usize>,
+    paused: Option<bool>,
     rolling: Rolling,
-    /// Held by the arbiter (a user change, safety, a benchmark) until this time, or blocked.
+    /// Held by the arbiter (a change by hand) until this time.
     held_until: Option<DateTime<Utc>>,
-    blocked: bool,
-    /// The last target applied, and when.
-    applied: Option<(Want, DateTime<Utc>)>,
+    /// The last target applied.
+    applied: Option<Want>,
     /// The slot in which a mode command was last sent (at most one mode change per slot).
     mode_slot: Option<DateTime<Utc>>,
     /// Warned that this miner cannot do what a band asks.
@@ -100,11 +109,11 @@ pub struct Strategy {
     apply_soon: bool,
 }
 
-/// `eco`/`low` → the lowest mode, `standard`/`medium` → the middle one, `turbo`/`high` → the
-/// highest, when the miner has no mode of that exact name.
-pub fn resolve_mode(target: &str, modes: &[String]) -> Option<String> {
-    if let Some(m) = modes.iter().find(|m| m.eq_ignore_ascii_case(target)) {
-        return Some(m.clone());
+/// The index of the mode a target names: that exact mode, else `eco`/`low` → the lowest,
+/// `standard`/`medium` → the middle one, `turbo`/`high` → the highest.
+pub fn resolve_mode(target: &str, modes: &[String]) -> Option<usize> {
+    if let Some(m) = modes.iter().position(|m| m.eq_ignore_ascii_case(target)) {
+        return Some(m);
     }
     if modes.is_empty() {
         return None;
@@ -115,7 +124,7 @@ pub fn resolve_mode(target: &str, modes: &[String]) -> Option<String> {
         "turbo" | "high" | "highest" | "max" => modes.len() - 1,
         _ => return None,
     };
-    modes.get(rank).cloned()
+    Some(rank)
 }
 
 impl Strategy {
@@ -173,32 +182,35 @@ impl Strategy {
         &mut self.miners[index]
     }
 
-    /// A reading or a change of a miner. Says whether the miner is new, or came online, or its
-    /// modes changed: then its target should be applied now rather than at the next
-    /// reconciliation.
-    pub fn on_miner(&mut self, update: MinerUpdate) -> bool {
-        let t = self.track(update.index);
-        let news = t.info.as_ref().is_none_or(|old| {
-            old.online != update.online
-                || old.modes != update.modes
-                || old.can_pause != update.can_pause
-        }) && update.online;
-        if let Some((at, power, hashrate)) = update.sample {
+    /// What a miner is (new, or its modes changed): its target is applied at the next tick.
+    pub fn on_info(&mut self, info: MinerInfo) {
+        let t = self.track(info.index);
+        t.info = Some(info);
+        self.apply_soon |= t.online;
+    }
+
+    /// A reading or an availability change. Says whether the miner came online: then its
+    /// target should be applied now rather than at the next reconciliation.
+    pub fn on_status(&mut self, status: MinerStatus) -> bool {
+        let t = self.track(status.index);
+        let news = status.online && !t.online && t.info.is_some();
+        t.online = status.online;
+        t.mode = status.mode;
+        t.paused = status.paused;
+        if let Some((at, power, hashrate)) = status.sample {
             t.rolling
                 .add(at.timestamp_millis().max(0) as u64, power, hashrate);
             t.hashing = Some((at, hashrate.is_some_and(|h| h > 0.0)));
         }
-        t.info = Some(update);
         self.apply_soon |= news;
         news
     }
 
-    /// The arbiter's hold on a miner changed: held until a time (a user change), or blocked
-    /// outright (safety or a benchmark).
-    pub fn on_hold(&mut self, index: usize, until: Option<DateTime<Utc>>, blocked: bool) {
+    /// The arbiter's hold on a miner changed: a change by hand holds the strategy off it until
+    /// `until`.
+    pub fn on_hold(&mut self, index: usize, until: Option<DateTime<Utc>>) {
         let t = self.track(index);
         t.held_until = until;
-        t.blocked = blocked;
     }
 
     /// A strategy command to a miner failed (refused or the device said no).
@@ -219,9 +231,13 @@ impl Strategy {
             .efficiency(now.timestamp_millis().max(0) as u64, window)
     }
 
-    /// One evaluation (every minute, and whenever prices or switches change).
+    /// One evaluation (every minute, and whenever prices or switches change). Without bands
+    /// there is no strategy: nothing to evaluate.
     pub fn tick(&mut self, now: DateTime<Utc>) -> Vec<Action> {
         let mut actions = Vec::new();
+        if !self.config.has_strategy() {
+            return actions;
+        }
         let change = self.tracker.evaluate(now, &self.book);
         let missing = self.book.at(now).is_none();
         if missing && !self.price_missing {
@@ -315,7 +331,7 @@ impl Strategy {
             let Some(info) = t.info.as_ref() else {
                 continue;
             };
-            if t.blocked || t.held_until.is_some_and(|u| u > now) || !info.online {
+            if t.held_until.is_some_and(|u| u > now) || !t.online {
                 continue;
             }
             let mut sent = Vec::new();
@@ -323,12 +339,12 @@ impl Strategy {
             match &want {
                 Want::Off => {
                     if info.can_pause {
-                        if info.paused != Some(true) {
+                        if t.paused != Some(true) {
                             sent.push(("mining", "OFF".to_string()));
                         }
                     } else if let Some(lowest) = info.modes.first() {
                         note = Some(format!("{} cannot be switched off (no smart plug is configured and its firmware cannot pause), so it runs in its lowest mode, {lowest}", info.name));
-                        if info.mode.as_deref() != Some(lowest) && t.mode_slot != Some(slot) {
+                        if t.mode != Some(0) && t.mode_slot != Some(slot) {
                             sent.push(("mode", lowest.clone()));
                         }
                     } else {
@@ -337,12 +353,11 @@ impl Strategy {
                 }
                 Want::Mode(target) => match resolve_mode(target, &info.modes) {
                     Some(mode) => {
-                        if info.paused == Some(true) {
+                        if t.paused == Some(true) {
                             sent.push(("mining", "ON".to_string()));
                         }
-                        if info.mode.as_deref() != Some(mode.as_str()) && t.mode_slot != Some(slot)
-                        {
-                            sent.push(("mode", mode));
+                        if t.mode != Some(mode) && t.mode_slot != Some(slot) {
+                            sent.push(("mode", info.modes[mode].clone()));
                         }
                     }
                     None if info.modes.is_empty() => {
@@ -381,11 +396,11 @@ impl Strategy {
                 Want::Off => "off".to_string(),
                 Want::Mode(m) => m.clone(),
             };
-            let drift = t.applied.as_ref().is_some_and(|(w, _)| *w == want);
+            let drift = t.applied.as_ref() == Some(&want);
             if sent.iter().any(|(p, _)| *p == "mode") {
                 t.mode_slot = Some(slot);
             }
-            t.applied = Some((want, now));
+            t.applied = Some(want);
             let commands: Vec<String> = sent.iter().map(|(p, v)| format!("{p} {v}")).collect();
             actions.push(Action::Event(json!({
                 "type": "strategy_applied",
@@ -414,7 +429,7 @@ impl Strategy {
     fn check_champion(&mut self, now: DateTime<Utc>, actions: &mut Vec<Action>) -> bool {
         if let Some(c) = self.champion.clone() {
             let t = &self.miners[c.index];
-            let online = t.info.as_ref().is_some_and(|i| i.online);
+            let online = t.online;
             let hashing = t.hashing.is_some_and(|(at, yes)| yes && at > c.told_at);
             if hashing && online {
                 if let Some(c) = self.champion.as_mut() {
@@ -463,10 +478,10 @@ impl Strategy {
         for index in 0..self.miners.len() {
             let eligible = {
                 let t = &self.miners[index];
-                t.info
-                    .as_ref()
-                    .is_some_and(|i| i.online && !i.modes.is_empty())
-                    && !t.blocked
+                t.online
+                    && t.info.as_ref().is_some_and(|i| !i.modes.is_empty())
+                    // A miner held by hand is the user's, not a candidate.
+                    && t.held_until.is_none_or(|u| u <= now)
                     && !self.failed_champions.contains(&index)
             };
             if !eligible {
@@ -525,5 +540,34 @@ impl Strategy {
             })));
         }
         self.champion = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_bands_there_is_nothing_to_do_and_nothing_breaks() {
+        // Regression: with no energy section the first tick indexed the safe band of an empty
+        // list and the controller task died, taking the energy meters with it.
+        let mut s = Strategy::new(EnergyConfig::default());
+        s.on_info(MinerInfo {
+            index: 0,
+            name: "gamma".into(),
+            family: "axeos",
+            modes: vec!["eco".into()],
+            can_pause: true,
+        });
+        let now: DateTime<Utc> = "2024-01-08T10:00:00Z".parse().unwrap();
+        s.on_status(MinerStatus {
+            index: 0,
+            online: true,
+            mode: Some(0),
+            paused: Some(false),
+            sample: Some((now, Some(15.0), Some(1000.0))),
+        });
+        assert!(s.tick(now).is_empty());
+        assert_eq!(s.band(), None);
     }
 }

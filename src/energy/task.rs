@@ -7,7 +7,7 @@ use super::config::{EnergyConfig, Source};
 use super::meter::Meter;
 use super::octopus::{next_refresh, Octopus};
 use super::prices::{uk_day, PriceBook, PriceSlot};
-use super::strategy::{Action, MinerUpdate, Strategy};
+use super::strategy::{Action, MinerInfo, MinerStatus, Strategy};
 use crate::store::Store;
 use chrono::{DateTime, Duration, Utc};
 use rand::Rng;
@@ -66,30 +66,41 @@ impl Clock for FastClock {
 /// What the hub tells the controller.
 #[derive(Debug)]
 pub enum Input {
-    /// A reading or status change; `key` is the miner's hardware id (energy totals follow it).
-    Miner {
-        update: MinerUpdate,
-        key: String,
-    },
+    /// What a miner is, when first read and whenever that changes; `key` is its hardware id
+    /// (energy totals follow it).
+    Info { info: MinerInfo, key: String },
+    /// A reading or availability change.
+    Status(MinerStatus),
     /// The arbiter's hold on a miner changed.
     Hold {
         index: usize,
         until: Option<DateTime<Utc>>,
-        blocked: bool,
     },
     /// A command the strategy sent was refused or failed.
-    CommandFailed {
-        index: usize,
-    },
-    /// Prices pushed to `bridge/prices/set`.
+    CommandFailed { index: usize },
+    /// Prices fetched by the price source or pushed to `bridge/prices/set`.
     Prices(Vec<PriceSlot>),
-    /// The bridge's strategy and champion-mode switches.
-    Strategy(bool),
-    Champion(bool),
-    /// Fetched by the price source.
-    Fetched(Vec<PriceSlot>),
+    /// One of the bridge's switches turned on or off.
+    Switch(Switch, bool),
     /// The price source's first attempt failed (the strategy may start on what is known).
     FetchFailed,
+}
+
+/// The bridge's energy switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    Strategy,
+    Champion,
+}
+
+impl Switch {
+    /// Its bridge request (and the store setting that keeps it).
+    pub fn request(self) -> &'static str {
+        match self {
+            Switch::Strategy => "strategy",
+            Switch::Champion => "champion_mode",
+        }
+    }
 }
 
 /// What the controller asks of the hub.
@@ -106,8 +117,12 @@ pub enum Output {
     Bridge(Value),
     /// Upcoming slots (`<base>/bridge/prices`), for a chart card.
     Slots(Value),
-    /// Each miner's energy figures, by index: (kWh, £ today).
-    Meters(Vec<(usize, f64, f64)>),
+    /// A miner's energy figures after a sample.
+    Meter {
+        index: usize,
+        kwh: f64,
+        cost_today: f64,
+    },
 }
 
 /// The sending side, for the hub.
@@ -121,7 +136,7 @@ impl Handle {
     /// one carries the same news), never a command result or a switch.
     pub fn send(&self, input: Input) {
         match input {
-            Input::Miner { .. } => {
+            Input::Status(_) => {
                 let _ = self.tx.try_send(input);
             }
             other => {
@@ -147,10 +162,14 @@ struct Controller {
     last_slots: Option<Value>,
 }
 
-const SETTINGS_STRATEGY: &str = "strategy_enabled";
-const SETTINGS_CHAMPION: &str = "champion_enabled";
-
 impl Controller {
+    /// Runs the strategy now and publishes what changed.
+    async fn evaluate(&mut self, now: DateTime<Utc>) {
+        let actions = self.strategy.tick(now);
+        self.actions(actions).await;
+        self.publish(now).await;
+    }
+
     async fn emit(&self, o: Output) {
         let _ = self.out.send(o).await;
     }
@@ -198,20 +217,47 @@ impl Controller {
         }
     }
 
-    async fn save_meters(&mut self) {
-        let mut changed = Vec::new();
-        for (index, (key, meter)) in self.meters.iter_mut() {
+    /// Keeps the meters that changed (once a minute, and at shutdown).
+    fn save_meters(&mut self) {
+        for (key, meter) in self.meters.values_mut() {
             if meter.dirty {
                 meter.dirty = false;
                 if let Err(e) = self.store.save_meter(key, &meter.record) {
                     tracing::error!(error = %e, "cannot keep energy totals in the store");
                 }
-                changed.push((*index, meter.record.kwh, meter.record.cost_today));
             }
         }
-        if !changed.is_empty() {
-            self.emit(Output::Meters(changed)).await;
+    }
+
+    /// A miner seen for the first time, or a different miner behind the same name, meters on
+    /// from its own kept totals.
+    fn meter_for(&mut self, index: usize, key: String) {
+        if self.meters.get(&index).is_some_and(|(k, _)| *k == key) {
+            return;
         }
+        let record = self.store.load_meter(&key).unwrap_or_default();
+        let replaced = self.meters.insert(index, (key, Meter::from_record(record)));
+        // The totals of the miner that was behind this name are kept before they are dropped.
+        if let Some((old, meter)) = replaced.filter(|(_, m)| m.dirty) {
+            if let Err(e) = self.store.save_meter(&old, &meter.record) {
+                tracing::error!(error = %e, "cannot keep energy totals in the store");
+            }
+        }
+    }
+
+    /// Meters a sample of miner `index` and tells the hub.
+    async fn meter(&mut self, index: usize, at: DateTime<Utc>, power: Option<f64>) {
+        let Some((_, meter)) = self.meters.get_mut(&index) else {
+            return;
+        };
+        meter.add(at, power, self.strategy.book());
+        let (kwh, cost_today) = (meter.record.kwh, meter.record.cost_today);
+        self.emit(Output::Meter {
+            index,
+            kwh,
+            cost_today,
+        })
+        .await;
     }
 }
 
@@ -285,6 +331,7 @@ pub fn spawn(
         Some(Source::Schedule { .. }) => "schedule from the config".into(),
         Some(Source::Mqtt) => "pushed over MQTT".into(),
     };
+    let kept = store.load_prices(clock.now() - Duration::days(2));
     if let Some(Source::Octopus {
         region,
         product,
@@ -292,11 +339,7 @@ pub fn spawn(
     }) = &config.source
     {
         let octopus = Octopus::new(base_url, *region, product.clone());
-        let known = store
-            .load_prices(clock.now() - Duration::days(1))
-            .iter()
-            .map(|s| s.end)
-            .max();
+        let known = kept.iter().map(|s| s.end).max();
         tracker.spawn(fetch_loop(
             octopus,
             known,
@@ -307,12 +350,9 @@ pub fn spawn(
         ));
     }
     let mut strategy = Strategy::new(config.clone());
-    strategy.enabled = store.setting(SETTINGS_STRATEGY).unwrap_or(true);
-    strategy.champion_enabled = store.setting(SETTINGS_CHAMPION).unwrap_or(true);
-    let now = clock.now();
-    strategy
-        .book_mut()
-        .insert(store.load_prices(now - Duration::days(2)));
+    strategy.enabled = store.setting(Switch::Strategy.request()).unwrap_or(true);
+    strategy.champion_enabled = store.setting(Switch::Champion.request()).unwrap_or(true);
+    strategy.book_mut().insert(kept);
     let mut c = Controller {
         strategy,
         store,
@@ -345,42 +385,30 @@ pub fn spawn(
                         }
                     }
                     ready |= started.elapsed() >= std::time::Duration::from_secs(30);
+                    c.save_meters();
                     if ready {
-                        let actions = c.strategy.tick(now);
-                        c.actions(actions).await;
+                        c.evaluate(now).await;
+                    } else {
+                        c.publish(now).await;
                     }
-                    c.save_meters().await;
-                    c.publish(now).await;
                 }
                 Some(input) = rx.recv() => {
                     let now = clock.now();
                     match input {
-                        Input::Miner { update, key } => {
-                            let index = update.index;
-                            if let Some((at, power, _)) = update.sample {
-                                let store = &c.store;
-                                let entry = c.meters.entry(index).or_insert_with(|| {
-                                    (key.clone(), Meter::from_record(store.load_meter(&key).unwrap_or_default()))
-                                });
-                                if entry.0 != key {
-                                    // The miner behind this name changed: its own totals.
-                                    *entry = (key.clone(), Meter::from_record(store.load_meter(&key).unwrap_or_default()));
-                                }
-                                let before = entry.1.record.kwh;
-                                entry.1.add(at, power, c.strategy.book());
-                                let r = &entry.1.record;
-                                if r.kwh != before || r.cost_today == 0.0 {
-                                    let figures = (index, r.kwh, r.cost_today);
-                                    c.emit(Output::Meters(vec![figures])).await;
-                                }
+                        Input::Info { info, key } => {
+                            c.meter_for(info.index, key);
+                            c.strategy.on_info(info);
+                        }
+                        Input::Status(status) => {
+                            if let Some((at, power, _)) = status.sample {
+                                c.meter(status.index, at, power).await;
                             }
-                            // A miner seen for the first time, or back online, gets its target now.
-                            if c.strategy.on_miner(update) && ready {
-                                let actions = c.strategy.tick(now);
-                                c.actions(actions).await;
+                            // A miner back online gets its target now.
+                            if c.strategy.on_status(status) && ready {
+                                c.evaluate(now).await;
                             }
                         }
-                        Input::Hold { index, until, blocked } => c.strategy.on_hold(index, until, blocked),
+                        Input::Hold { index, until } => c.strategy.on_hold(index, until),
                         Input::CommandFailed { index } => {
                             let actions = c.strategy.on_command_failed(index, now);
                             c.actions(actions).await;
@@ -388,44 +416,31 @@ pub fn spawn(
                         Input::FetchFailed => {
                             if !ready {
                                 ready = true;
-                                let actions = c.strategy.tick(now);
-                                c.actions(actions).await;
-                                c.publish(now).await;
+                                c.evaluate(now).await;
                             }
                         }
-                        Input::Prices(slots) | Input::Fetched(slots) => {
+                        Input::Prices(slots) => {
                             ready = true;
                             c.add_prices(slots, now);
-                            let actions = c.strategy.tick(now);
-                            c.actions(actions).await;
-                            c.publish(now).await;
+                            c.evaluate(now).await;
                         }
-                        Input::Strategy(on) => {
-                            c.strategy.enabled = on;
-                            let _ = c.store.set_setting(SETTINGS_STRATEGY, on);
-                            c.emit(Output::Event(json!({"type": "strategy_switched", "enabled": on}))).await;
-                            let actions = c.strategy.tick(now);
-                            c.actions(actions).await;
-                            c.publish(now).await;
-                        }
-                        Input::Champion(on) => {
-                            c.strategy.champion_enabled = on;
-                            let _ = c.store.set_setting(SETTINGS_CHAMPION, on);
-                            c.emit(Output::Event(json!({"type": "champion_mode_switched", "enabled": on}))).await;
-                            let actions = c.strategy.tick(now);
-                            c.actions(actions).await;
-                            c.publish(now).await;
+                        Input::Switch(switch, on) => {
+                            match switch {
+                                Switch::Strategy => c.strategy.enabled = on,
+                                Switch::Champion => c.strategy.champion_enabled = on,
+                            }
+                            if let Err(e) = c.store.set_setting(switch.request(), on) {
+                                tracing::error!(error = %e, "cannot keep the switch in the store; it is back on after a restart");
+                            }
+                            c.emit(Output::Event(json!({"type": "switched", "switch": switch.request(), "enabled": on}))).await;
+                            c.evaluate(now).await;
                         }
                     }
                 }
             }
         }
         // Keep what was metered since the last minute.
-        for (key, meter) in c.meters.values() {
-            if meter.dirty {
-                let _ = c.store.save_meter(key, &meter.record);
-            }
-        }
+        c.save_meters();
     });
     (handle, out_rx)
 }
@@ -454,7 +469,7 @@ async fn fetch_loop(
                     known_until = known_until.max(Some(end));
                 }
                 tracing::debug!(slots = slots.len(), "Octopus prices fetched");
-                if tx.send(Input::Fetched(slots)).await.is_err() {
+                if tx.send(Input::Prices(slots)).await.is_err() {
                     return;
                 }
             }

@@ -132,7 +132,8 @@ fn whole(p: &str, what: &str, unit: &str) -> Result<u32, String> {
     Ok(v as u32)
 }
 
-fn on_off(p: &str, what: &str) -> Result<bool, String> {
+/// `ON`/`OFF` (also `true`/`false`, `1`/`0`, any case), or what `what` takes.
+pub fn on_off(p: &str, what: &str) -> Result<bool, String> {
     match p.to_ascii_lowercase().as_str() {
         "on" | "true" | "1" => Ok(true),
         "off" | "false" | "0" => Ok(false),

@@ -46,11 +46,7 @@ fn body<'a>(
     StateBody {
         telemetry: t,
         efficiency: round(t.efficiency_j_per_th(), 2),
-        // The device's own work mode (Avalon), else the preset the clock matches (ESP-Miner).
-        mode: t
-            .work_mode
-            .as_deref()
-            .or_else(|| limits.and_then(|l| l.mode_of(t.clock()))),
+        mode: mode(t, limits),
         overheating: overheating(t, safety),
         firmware,
         extras,
@@ -88,6 +84,14 @@ pub fn state_json(
         &Extras::default(),
     ))
     .unwrap_or_default()
+}
+
+/// The mode a miner is in: the device's own work mode (Avalon), else the preset its clock
+/// matches (ESP-Miner).
+pub fn mode<'a>(t: &'a Telemetry, limits: Option<&'a Limits>) -> Option<&'a str> {
+    t.work_mode
+        .as_deref()
+        .or_else(|| limits.and_then(|l| l.mode_of(t.clock())))
 }
 
 /// Overheating by our thresholds or the firmware's own trip; `None` when nothing is known.

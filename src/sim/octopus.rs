@@ -69,9 +69,6 @@ impl OctopusSim {
     pub fn set_fault(&self, fault: Fault) {
         *self.shared.fault.lock().unwrap() = fault;
     }
-    pub fn set_curve(&self, curve: Curve) {
-        *self.shared.curve.lock().unwrap() = curve;
-    }
     /// Requests answered so far (faults included).
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::Relaxed)
