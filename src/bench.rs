@@ -407,6 +407,7 @@ fn strategy_bench(miners: usize) {
             family: "axeos",
             modes: modes.clone(),
             can_pause: true,
+            plug: false,
         });
     }
     let fed = Instant::now();
@@ -420,6 +421,7 @@ fn strategy_bench(miners: usize) {
                 online: true,
                 mode: Some(1),
                 paused: Some(false),
+                powered_off: false,
                 sample: Some((t, Some(watts), Some(1000.0))),
             });
         }

@@ -207,6 +207,9 @@ pub struct RawMiner {
     pub admin_password: Option<Secret>,
     #[serde(default)]
     pub limits: LimitOverrides,
+    /// The smart plug that switches its mains power.
+    #[serde(default)]
+    pub power: Option<crate::power::RawPower>,
 }
 
 impl RawMiner {
@@ -219,6 +222,7 @@ impl RawMiner {
             totp_secret: None,
             admin_password: None,
             limits: LimitOverrides::default(),
+            power: None,
         }
     }
 }
@@ -333,6 +337,11 @@ pub struct RawConfig {
     pub nmminer: RawNmminer,
     /// Prices, bands and the strategy; without it energy is only metered.
     pub energy: Option<crate::energy::config::RawEnergy>,
+    /// Home Assistant's REST API, for plugs that are HA entities.
+    pub ha: crate::power::RawHa,
+    /// How often plugs are checked and corrected where they differ from what is wanted.
+    #[serde(with = "humantime_serde")]
+    pub power_keepalive: Duration,
 }
 
 impl Default for RawConfig {
@@ -351,6 +360,8 @@ impl Default for RawConfig {
             miners: Vec::new(),
             nmminer: RawNmminer::default(),
             energy: None,
+            ha: Default::default(),
+            power_keepalive: Duration::from_secs(300),
         }
     }
 }
@@ -381,6 +392,7 @@ pub struct MinerConfig {
     pub totp_secret: Option<Secret>,
     pub admin_password: Option<Secret>,
     pub limits: LimitOverrides,
+    pub power: Option<crate::power::Plug>,
 }
 
 impl MinerConfig {
@@ -415,6 +427,9 @@ pub struct Config {
     pub miners: Vec<MinerConfig>,
     pub nmminer: Option<NmminerConfig>,
     pub energy: crate::energy::EnergyConfig,
+    /// Home Assistant's REST API (plugs that are HA entities).
+    pub ha: Option<crate::power::HaApi>,
+    pub power_keepalive: Duration,
     /// Whether the MQTT password came from `mqtt.password_file`.
     password_file_used: bool,
 }
@@ -758,6 +773,14 @@ fn validate(raw: RawConfig, figment: &Figment) -> Result<Config, ConfigError> {
         });
     }
 
+    let ha = crate::power::HaApi::resolve(&raw.ha);
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&raw.power_keepalive) {
+        return Err(invalid(
+            "power_keepalive",
+            &humantime::format_duration(raw.power_keepalive),
+            "use 1s to 1h; 5m is the default",
+        ));
+    }
     let mut miners: Vec<MinerConfig> = Vec::new();
     for (i, rm) in raw.miners.into_iter().enumerate() {
         let key = |field: &str| format!("miners[{i}].{field}");
@@ -841,6 +864,13 @@ fn validate(raw: RawConfig, figment: &Figment) -> Result<Config, ConfigError> {
                 ));
             }
         }
+        let power = match rm.power {
+            Some(p) => Some(
+                crate::power::validate(p, ha.as_ref())
+                    .map_err(|(k, v, hint)| invalid(&key(&k), &v, &hint))?,
+            ),
+            None => None,
+        };
         miners.push(MinerConfig {
             name,
             kind: rm.kind,
@@ -848,6 +878,7 @@ fn validate(raw: RawConfig, figment: &Figment) -> Result<Config, ConfigError> {
             totp_secret: rm.totp_secret,
             admin_password: rm.admin_password,
             limits: rm.limits,
+            power,
         });
     }
 
@@ -930,6 +961,8 @@ fn validate(raw: RawConfig, figment: &Figment) -> Result<Config, ConfigError> {
         miners,
         nmminer,
         energy,
+        ha,
+        power_keepalive: raw.power_keepalive,
         password_file_used: m.password_file.is_some(),
     })
 }

@@ -65,10 +65,22 @@ impl Arbiter {
         now: DateTime<Utc>,
         manual_hold: Duration,
     ) -> Result<HoldChange, String> {
+        self.admit_change(origin, is_setting(command), now, manual_hold)
+    }
+
+    /// As `admit`, for a change that is not a miner command (switching its plug): `setting`
+    /// says whether the strategy also sets it.
+    pub fn admit_change(
+        &mut self,
+        origin: Origin,
+        setting: bool,
+        now: DateTime<Utc>,
+        manual_hold: Duration,
+    ) -> Result<HoldChange, String> {
         match origin {
             Origin::Safety | Origin::Benchmark => Ok(HoldChange::None),
             Origin::User => {
-                if !is_setting(command) || manual_hold.is_zero() {
+                if !setting || manual_hold.is_zero() {
                     return Ok(HoldChange::None);
                 }
                 let until = now

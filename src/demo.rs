@@ -207,6 +207,44 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         password: None,
     }];
     raw.energy = Some(demo_energy(&octopus.base_url()));
+    // bitaxe-supra hangs on a simulated Tasmota plug on the same broker (not where the broker
+    // wants credentials: the plug has none), so the strategy's "off" switches its power.
+    let plugged = names.iter().position(|n| *n == "bitaxe-supra");
+    let plug = match plugged {
+        Some(i) if raw.mqtt.username.is_none() => {
+            let (command_topic, state_topic) = crate::sim::plug::topics(DEMO_PLUG);
+            match crate::sim::plug::start(
+                &raw.mqtt.host,
+                raw.mqtt.port,
+                DEMO_PLUG,
+                devices[i].clone(),
+                cancel.clone(),
+            )
+            .await
+            {
+                Ok(()) => {
+                    raw.miners[i].power = Some(crate::power::RawPower {
+                        mqtt: Some(crate::power::RawMqttPlug {
+                            command_topic,
+                            payload_on: "ON".into(),
+                            payload_off: "OFF".into(),
+                            state_topic: Some(state_topic),
+                            state_on: None,
+                            state_off: None,
+                            state_key: None,
+                        }),
+                        ha: None,
+                    });
+                    true
+                }
+                Err(e) => {
+                    eprintln!("demo: running without the simulated plug: {e}");
+                    false
+                }
+            }
+        }
+        _ => false,
+    };
     let config: Config = config::from_figment(&Figment::from(Serialized::defaults(raw)))?;
     let base = config.mqtt.base_topic.clone();
 
@@ -236,6 +274,9 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         "  antminer-s19       S19 Pro  cgminer {} (read-only)",
         s19.addr
     );
+    if plug {
+        println!("  bitaxe-supra is powered through a simulated Tasmota plug (cmnd/{DEMO_PLUG}/POWER): the strategy switches it off when power is dear");
+    }
     if let Ok((nm_listen, _)) = &nm {
         println!("  nmminer-lotto      NMLotto  UDP broadcasts from 127.0.0.2 to {nm_listen}");
     }
@@ -272,6 +313,9 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     Ok(())
 }
 
+/// The Tasmota topic of the demo's simulated plug.
+const DEMO_PLUG: &str = "bitaxe-supra-plug";
+
 /// How much faster than real time the demo's energy clock runs.
 pub const DEMO_SPEED: f64 = 60.0;
 
@@ -282,7 +326,7 @@ fn demo_day_start() -> chrono::DateTime<chrono::Utc> {
 }
 
 /// The demo's bands (p/kWh), fitted to the simulator's Agile day.
-fn demo_energy(base_url: &str) -> crate::energy::config::RawEnergy {
+pub(crate) fn demo_energy(base_url: &str) -> crate::energy::config::RawEnergy {
     serde_json::from_value(serde_json::json!({
         "source": "octopus",
         "octopus": { "region": "J", "base_url": base_url },

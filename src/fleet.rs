@@ -79,13 +79,22 @@ impl CommandQueue {
 #[derive(Clone)]
 pub struct MinerHandle {
     commands: std::sync::Arc<CommandQueue>,
+    /// Whether the miner is polled: not while it is switched off at its plug on purpose.
+    polling: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl MinerHandle {
     fn new() -> MinerHandle {
         MinerHandle {
             commands: Default::default(),
+            polling: std::sync::Arc::new(tokio::sync::watch::Sender::new(true)),
         }
+    }
+
+    /// Stops polling (the miner is off on purpose) or starts again at once.
+    pub fn set_polling(&self, on: bool) {
+        self.polling
+            .send_if_modified(|p| std::mem::replace(p, on) != on);
     }
 
     /// Queues a validated, admitted command, replacing a queued one for the same property.
@@ -93,6 +102,9 @@ impl MinerHandle {
         self.commands.push(command, origin)
     }
 }
+
+/// How often a miner switched on at its plug is looked at until it answers.
+const BOOT_POLL: Duration = Duration::from_secs(5);
 
 /// How long after a restart-like command to look again: the device is rebooting.
 const AFTER_RESTART: Duration = Duration::from_secs(5);
@@ -112,12 +124,14 @@ pub fn spawn_poller(
 ) -> MinerHandle {
     let handle = MinerHandle::new();
     let queue = handle.commands.clone();
+    let mut polling = handle.polling.subscribe();
     tracker.spawn(async move {
         // The first poll comes quickly so a starting daemon shows its fleet at once; the second
         // lands at a random phase so thousands of miners spread over the interval.
         let first = first_spread.mul_f64(rand::rng().random::<f64>());
         let mut next = Instant::now() + first;
         let mut spread = true;
+        let mut booting = false;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -133,9 +147,16 @@ pub fn spawn_poller(
                     }
                     next = Instant::now() + if rebooting { AFTER_RESTART } else { Duration::ZERO };
                 }
-                _ = tokio::time::sleep_until(next) => {
+                Ok(()) = polling.changed() => {
+                    // Switched back on: look at once, and every few seconds while it boots
+                    // (the hub expects those failures), so it shows again as soon as it is up.
+                    next = Instant::now();
+                    booting = true;
+                }
+                _ = tokio::time::sleep_until(next), if *polling.borrow() => {
                     let event = match client.poll().await {
                         Ok(reading) => {
+                            booting = false;
                             tracing::debug!(miner = %name, "polled");
                             FleetEvent::Polled { miner, at: SystemTime::now(), reading: Box::new(reading) }
                         }
@@ -147,7 +168,9 @@ pub fn spawn_poller(
                     if events.send(event).await.is_err() {
                         break;
                     }
-                    let step = if spread {
+                    let step = if booting {
+                        BOOT_POLL.min(interval)
+                    } else if spread {
                         spread = false;
                         interval.mul_f64(0.5 + rand::rng().random::<f64>())
                     } else {

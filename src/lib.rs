@@ -10,6 +10,8 @@
 //! - [`safety`]: the limits every command is checked against before it can reach a miner.
 //! - [`control`]: command origins and the per-miner arbiter (a change by hand holds the strategy
 //!   off).
+//! - [`power`]: smart plugs (MQTT, or Home Assistant switches over its REST API) and the task
+//!   that switches them and keeps them as wanted.
 //! - [`fleet`]: one poller task per miner, with its serialised command queue (a command-only task
 //!   for broadcast devices).
 //! - [`store`]: the sled history of every sample, tagged with its clock config.
@@ -39,6 +41,7 @@ pub mod fleet;
 pub mod hass;
 pub mod miner;
 pub mod mqtt;
+pub mod power;
 pub mod safety;
 pub mod sim;
 pub mod store;

@@ -306,6 +306,7 @@ mod tests {
             totp_secret: None,
             admin_password: None,
             limits,
+            power: None,
         }
     }
 

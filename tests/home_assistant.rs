@@ -337,6 +337,42 @@ async fn the_demo_in_a_real_home_assistant() {
     })
     .await;
 
+    // bitaxe-supra hangs on the demo's simulated Tasmota plug: its Power switch shows on or off,
+    // and switching it in HA switches the plug (and back).
+    let power = entity_of(&components, &ids, "bitaxe-supra", "power_switch").to_string();
+    for (service, wanted) in [
+        (None, ["on", "off"]),
+        (Some("turn_off"), ["off", "off"]),
+        (Some("turn_on"), ["on", "on"]),
+    ] {
+        if let Some(service) = service {
+            let (status, body) = ha
+                .call("switch", service, json!({ "entity_id": power }))
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+        wait_until(&format!("{power} is {wanted:?}"), WAIT, || async {
+            let s = ha.state(&power).await;
+            match s["state"].as_str() {
+                Some(state) if wanted.contains(&state) => Ok(()),
+                _ => Err(format!("{s}")),
+            }
+        })
+        .await;
+    }
+    // Switched on, it is looked at every few seconds while it boots, so it hashes again soon
+    // (the demo here polls once a minute).
+    let supra = entity_of(&components, &ids, "bitaxe-supra", "hashrate").to_string();
+    wait_until(
+        "bitaxe-supra hashes again after switching on",
+        WAIT,
+        || async {
+            let s = ha.state(&supra).await;
+            numeric(&s).map(|_| ()).ok_or_else(|| format!("{s}"))
+        },
+    )
+    .await;
+
     // A number set in HA moves the simulated miner: the new value comes back from the device.
     let frequency = entity_of(&components, &ids, "bitaxe-gamma", "frequency").to_string();
     let (status, body) = ha

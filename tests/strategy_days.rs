@@ -84,6 +84,7 @@ impl Sim {
             family: "axeos",
             modes: self.modes.iter().map(|m| m.0.to_string()).collect(),
             can_pause: true,
+            plug: false,
         }
     }
 
@@ -94,6 +95,7 @@ impl Sim {
             index,
             mode: Some(self.mode),
             paused: Some(self.paused),
+            powered_off: false,
             online: true,
             sample: Some((
                 at,

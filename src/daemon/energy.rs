@@ -42,6 +42,7 @@ impl Hub {
                 .map(|l| l.modes.iter().map(|(n, _)| n.clone()).collect())
                 .unwrap_or_default(),
             can_pause: limits.is_some_and(|l| l.pause),
+            plug: slot.config.power.is_some(),
         };
         self.energy.send(Input::Info { info, key });
     }
@@ -55,9 +56,12 @@ impl Hub {
         let mode = t
             .and_then(|t| state::mode(t, limits))
             .and_then(|name| limits.and_then(|l| l.modes.iter().position(|(n, _)| n == name)));
+        let off = self.off_on_purpose(i);
+        let slot = &self.slots[i];
         let status = MinerStatus {
             index: i,
-            online: slot.online == Some(true),
+            online: slot.online == Some(true) && !off,
+            powered_off: off,
             mode,
             paused: t.and_then(|t| t.paused),
             sample: sample.then(|| {

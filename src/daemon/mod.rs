@@ -5,7 +5,8 @@
 //! Shutdown order: cancel the pollers, publish `offline`, disconnect MQTT, wait for the tasks
 //! (bounded), flush the store.
 
-mod energy;
+pub(crate) mod energy;
+mod power;
 
 use crate::config::{Config, MinerConfig, MinerKind, LOG_LEVELS};
 use crate::control::{Arbiter, HoldChange, Origin};
@@ -86,6 +87,10 @@ struct Slot {
     arbiter: Arbiter,
     /// Energy (kWh) and today's cost (£), from the energy controller.
     meter: Option<(f64, f64)>,
+    /// Its smart plug, when it has one.
+    plug: Option<power::PlugView>,
+    /// Switched on at its plug and booting until then: failed polls are expected.
+    boot_until: Option<Instant>,
 }
 
 impl Slot {
@@ -93,6 +98,7 @@ impl Slot {
     fn new(config: MinerConfig, handle: MinerHandle, store: &Store) -> Slot {
         Slot {
             hardware_id: store.hardware_id_of(&config.name),
+            plug: config.power.as_ref().map(|_| power::PlugView::default()),
             config,
             handle,
             reading: None,
@@ -105,6 +111,7 @@ impl Slot {
             pending: Vec::new(),
             arbiter: Arbiter::default(),
             meter: None,
+            boot_until: None,
         }
     }
 }
@@ -149,6 +156,8 @@ struct Hub {
     instance: Value,
     /// The energy controller (prices, strategy, meters).
     energy: energy_task::Handle,
+    /// The smart plugs.
+    power: crate::power::task::Handle,
     clock: Arc<dyn Clock>,
 }
 
@@ -277,6 +286,30 @@ pub async fn run_with_clock(
         &tracker,
         pollers.clone(),
     );
+    let plugs = slots
+        .iter()
+        .enumerate()
+        .filter_map(|(index, s)| {
+            s.config
+                .power
+                .clone()
+                .map(|plug| crate::power::task::PlugSpec {
+                    index,
+                    name: s.config.name.clone(),
+                    plug,
+                })
+        })
+        .collect();
+    let (power, mut power_rx) = crate::power::task::spawn(
+        plugs,
+        config.ha.clone(),
+        mqtt.clone(),
+        http.clone(),
+        store.clone(),
+        config.power_keepalive,
+        &tracker,
+        pollers.clone(),
+    );
     tracing::info!(miners = slots.len(), broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port), "miner2mqtt started");
 
     let mut hub = Hub {
@@ -313,6 +346,7 @@ pub async fn run_with_clock(
             "started": millis(SystemTime::now()),
         }),
         energy,
+        power,
         clock,
     };
 
@@ -338,6 +372,7 @@ pub async fn run_with_clock(
             Some(ev) = mqtt_rx.recv() => hub.on_mqtt(ev),
             Some(datagram) = nm_rx.recv() => hub.on_broadcast(&datagram),
             Some(out) = energy_rx.recv() => hub.on_energy(out),
+            Some(out) = power_rx.recv() => hub.on_power(out),
             _ = tick.tick() => hub.on_tick(),
         }
         if hub.exit.is_some() {
@@ -371,6 +406,10 @@ impl Hub {
             FleetEvent::Polled { miner, at, reading } => self.on_reading(miner, at, *reading),
             FleetEvent::PollFailed { miner, error } => {
                 self.polls_failed += 1;
+                // Off on purpose (a poll that was under way), or booting after switching on.
+                if self.off_on_purpose(miner) || self.booting(miner) {
+                    return;
+                }
                 let slot = &mut self.slots[miner];
                 slot.failures += 1;
                 if slot.failures >= self.config.offline_after && slot.online != Some(false) {
@@ -405,6 +444,11 @@ impl Hub {
 
     fn on_reading(&mut self, i: usize, at: SystemTime, mut reading: Reading) {
         self.polls_ok += 1;
+        if self.off_on_purpose(i) {
+            // A poll that was under way when the plug went off.
+            return;
+        }
+        self.slots[i].boot_until = None;
         // A select's state must be one of its options: the pool the device is really on belongs
         // in the list even when it is not one the user configured (selecting it changes nothing).
         reading
@@ -535,6 +579,7 @@ impl Hub {
                     totp_secret: None,
                     admin_password: None,
                     limits: Default::default(),
+                    power: None,
                 };
                 let handle = crate::fleet::spawn_datagram_commander(
                     i,
@@ -561,13 +606,15 @@ impl Hub {
                 self.synced = false;
                 self.retained.clear();
                 let t = &self.topics;
-                self.mqtt.subscribe(vec![
+                let mut filters = vec![
                     t.discovery_wildcard(),
                     format!("{}/+/set/+", t.base),
                     format!("{}/bridge/request/+", t.base),
                     t.bridge_prices_set(),
                     t.ha_status(),
-                ]);
+                ];
+                filters.extend(self.plug_state_topics());
+                self.mqtt.subscribe(filters);
                 self.mqtt.publish(t.bridge_state(), "online", true);
                 self.info_dirty = true;
                 self.sync_at = Some(Instant::now() + RETAINED_SETTLE);
@@ -599,6 +646,10 @@ impl Hub {
             }
             return;
         }
+        if self.on_plug_message(topic, payload) {
+            return;
+        }
+        let t = &self.topics;
         if topic == t.ha_status() {
             if payload == b"online" {
                 let delay = Duration::from_millis(rand::rng().random_range(500..2500));
@@ -648,6 +699,22 @@ impl Hub {
             let reason = format!(
                 "a {property} command is a short value, not {} bytes",
                 payload.len()
+            );
+            self.refuse_from(i, name, property, &value, &reason, origin);
+            return;
+        }
+        if property == "power" {
+            self.power_command(i, name, payload, origin);
+            return;
+        }
+        if self.off_on_purpose(i) {
+            let reason = format!("{name} is switched off at its plug; switch it on first");
+            self.refuse_from(i, name, property, &value, &reason, origin);
+            return;
+        }
+        if self.booting(i) && self.slots[i].reading.is_none() {
+            let reason = format!(
+                "{name} was just switched on and is still starting; try again when it shows a hashrate"
             );
             self.refuse_from(i, name, property, &value, &reason, origin);
             return;
@@ -1085,6 +1152,7 @@ impl Hub {
                     })
                     .flatten(),
                 energy: self.energy_features(),
+                plug: slot.config.power.is_some(),
             },
         );
         if self.publish_retained_if_changed(topic, payload, force) {
@@ -1111,10 +1179,18 @@ impl Hub {
         if !self.synced {
             return;
         }
+        let off = self.off_on_purpose(i);
         let slot = &self.slots[i];
-        if slot.reading.is_none() {
+        // Before a reading only a plugged miner has something to say: its plug's state.
+        if slot.reading.is_none() && slot.plug.is_none() {
             return;
         }
+        // Off on purpose: no hashrate, no power, nothing else known.
+        let off_telemetry = crate::miner::Telemetry {
+            hashrate: Some(0.0),
+            power: Some(0.0),
+            ..Default::default()
+        };
         let round = |v: f64, digits: i32| (v * 10f64.powi(digits)).round() / 10f64.powi(digits);
         let priced = self.energy_features().priced;
         let extras = state::Extras {
@@ -1124,9 +1200,22 @@ impl Hub {
                 .arbiter
                 .held_until(self.clock.now())
                 .map(|t| t.to_rfc3339()),
+            // A miner that answers has power, whatever its plug has (not yet) said.
+            plug_power: slot
+                .plug
+                .and_then(|p| {
+                    p.shown()
+                        .or((slot.online == Some(true) && slot.reading.is_some()).then_some(true))
+                })
+                .map(|on| if on { "ON" } else { "OFF" }),
+        };
+        let telemetry = if off {
+            Some(&off_telemetry)
+        } else {
+            slot.reading.as_ref().map(|r| &r.telemetry)
         };
         let body = state::state_payload(
-            slot.reading.as_ref().map(|r| &r.telemetry),
+            telemetry,
             slot.reading
                 .as_ref()
                 .and_then(|r| r.identity.firmware.as_deref()),

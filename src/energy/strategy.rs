@@ -33,6 +33,8 @@ pub struct MinerInfo {
     /// Mode names, lowest first.
     pub modes: Vec<String>,
     pub can_pause: bool,
+    /// It has a smart plug: `off` switches the plug.
+    pub plug: bool,
 }
 
 /// How a miner is now: sent on every reading and availability change, so it allocates nothing.
@@ -43,6 +45,8 @@ pub struct MinerStatus {
     /// The mode it is in, as an index into its info's modes.
     pub mode: Option<usize>,
     pub paused: Option<bool>,
+    /// Switched off at its plug on purpose (so not online, but not failing either).
+    pub powered_off: bool,
     /// A sample taken at this time: power (W) and hashrate (GH/s).
     pub sample: Option<(DateTime<Utc>, Option<f64>, Option<f64>)>,
 }
@@ -72,6 +76,7 @@ struct Track {
     online: bool,
     mode: Option<usize>,
     paused: Option<bool>,
+    powered_off: bool,
     rolling: Rolling,
     /// Held by the arbiter (a change by hand) until this time.
     held_until: Option<DateTime<Utc>>,
@@ -197,6 +202,7 @@ impl Strategy {
         t.online = status.online;
         t.mode = status.mode;
         t.paused = status.paused;
+        t.powered_off = status.powered_off;
         if let Some((at, power, hashrate)) = status.sample {
             t.rolling
                 .add(at.timestamp_millis().max(0) as u64, power, hashrate);
@@ -331,14 +337,19 @@ impl Strategy {
             let Some(info) = t.info.as_ref() else {
                 continue;
             };
-            if t.held_until.is_some_and(|u| u > now) || !t.online {
+            // A miner off at its plug is not online but can be switched on.
+            if t.held_until.is_some_and(|u| u > now) || !(t.online || t.powered_off) {
                 continue;
             }
             let mut sent = Vec::new();
             let mut note = None;
             match &want {
                 Want::Off => {
-                    if info.can_pause {
+                    if info.plug {
+                        if !t.powered_off {
+                            sent.push(("power", "OFF".to_string()));
+                        }
+                    } else if info.can_pause {
                         if t.paused != Some(true) {
                             sent.push(("mining", "OFF".to_string()));
                         }
@@ -352,6 +363,11 @@ impl Strategy {
                     }
                 }
                 Want::Mode(target) => match resolve_mode(target, &info.modes) {
+                    Some(_) if t.powered_off => {
+                        // Its mode follows once it is back (a miner that comes online gets
+                        // its target at once).
+                        sent.push(("power", "ON".to_string()));
+                    }
                     Some(mode) => {
                         if t.paused == Some(true) {
                             sent.push(("mining", "ON".to_string()));
@@ -478,7 +494,7 @@ impl Strategy {
         for index in 0..self.miners.len() {
             let eligible = {
                 let t = &self.miners[index];
-                t.online
+                (t.online || t.powered_off)
                     && t.info.as_ref().is_some_and(|i| !i.modes.is_empty())
                     // A miner held by hand is the user's, not a candidate.
                     && t.held_until.is_none_or(|u| u <= now)
@@ -558,6 +574,7 @@ mod tests {
             family: "axeos",
             modes: vec!["eco".into()],
             can_pause: true,
+            plug: false,
         });
         let now: DateTime<Utc> = "2024-01-08T10:00:00Z".parse().unwrap();
         s.on_status(MinerStatus {
@@ -565,6 +582,7 @@ mod tests {
             online: true,
             mode: Some(0),
             paused: Some(false),
+            powered_off: false,
             sample: Some((now, Some(15.0), Some(1000.0))),
         });
         assert!(s.tick(now).is_empty());

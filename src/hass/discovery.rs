@@ -292,6 +292,8 @@ pub struct MinerDevice<'a> {
     /// Seconds of silence after which HA marks sensors unavailable (broadcast devices).
     pub expire_after: Option<u64>,
     pub energy: EnergyFeatures,
+    /// It has a smart plug: a Power switch.
+    pub plug: bool,
 }
 
 /// The discovery topic and payload for one miner.
@@ -465,6 +467,25 @@ pub fn miner_discovery(topics: &Topics, m: &MinerDevice<'_>) -> (String, Value) 
             state_off: "OFF",
         };
         b.add("mining", base, part);
+    }
+    if m.plug {
+        // Switching on must work while the miner is off or unreachable: this switch is
+        // available whenever the bridge is.
+        let mut base = b.base("switch", "power_switch", "Power");
+        base.icon = Some("mdi:power-plug");
+        base.value_template = Some("{{ value_json.plug_power }}".into());
+        let part = SwitchPart {
+            command_topic: topics.set(m.name, "power"),
+            payload_on: "ON",
+            payload_off: "OFF",
+            state_on: "ON",
+            state_off: "OFF",
+        };
+        let extra = BTreeMap::from([
+            ("availability", json!([{ "topic": topics.bridge_state() }])),
+            ("availability_mode", Value::from("all")),
+        ]);
+        b.add_with("power_switch", base, part, extra);
     }
     if l.restart {
         let mut base = b.base("button", "restart", "Restart");

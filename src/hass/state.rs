@@ -28,6 +28,8 @@ pub struct Extras {
     pub cost_today: Option<f64>,
     /// Until when a change made by hand holds the strategy off (RFC 3339).
     pub strategy_hold: Option<String>,
+    /// Its smart plug: `ON` or `OFF` (null without a plug, or before it is known).
+    pub plug_power: Option<&'static str>,
 }
 
 fn body<'a>(

@@ -73,6 +73,39 @@ pub struct Chip {
     pub voltage_options: &'static [u32],
 }
 
+impl Chip {
+    /// Share of hashes lost at `frequency` MHz and `core_voltage` mV (voltage short of what the
+    /// frequency needs costs errors).
+    pub fn error_rate(&self, frequency: f64, core_voltage: f64) -> f64 {
+        let deficit = self.v0 + self.mv_per_mhz * (frequency - self.f0) - core_voltage;
+        if deficit <= 0.0 {
+            0.002
+        } else {
+            (0.002 + (deficit / 60.0).powi(2)).min(1.0)
+        }
+    }
+
+    /// Board watts with `chips` chips, hashing or not (idle chips draw half their static power).
+    pub fn board_watts(&self, chips: u32, frequency: f64, core_voltage: f64, hashing: bool) -> f64 {
+        let chip_w = if hashing {
+            self.static_w + self.k * frequency * (core_voltage / 1000.0).powi(2)
+        } else {
+            self.static_w * 0.5
+        };
+        1.5 + chips as f64 * chip_w
+    }
+
+    /// Steady-state (watts, GH/s) at a clock, without the noise.
+    pub fn steady(&self, chips: u32, frequency: u32, core_voltage: u32) -> (f64, f64) {
+        let (f, v) = (frequency as f64, core_voltage as f64);
+        let nominal = f * self.small_cores as f64 * chips as f64 / 1000.0;
+        (
+            self.board_watts(chips, f, v, true),
+            nominal * (1.0 - self.error_rate(f, v)),
+        )
+    }
+}
+
 pub const BM1370: Chip = Chip {
     model: "BM1370",
     small_cores: 2040,
@@ -207,6 +240,8 @@ struct Device {
     restarting_until: Option<Instant>,
     overheat: bool,
     paused: bool,
+    /// Its mains power is off (a smart plug): no answer, no draw.
+    unpowered: bool,
     pools: Vec<Pool>,
     primary: i64,
     secondary: i64,
@@ -247,6 +282,7 @@ impl Device {
             restarting_until: None,
             overheat: false,
             paused: false,
+            unpowered: false,
             pools: vec![
                 Pool {
                     id: 0,
@@ -312,14 +348,9 @@ impl Device {
         let n = self.spec.chips as f64;
         let f = self.frequency as f64;
         let v = self.core_voltage as f64;
-        let hashing = !self.overheat && !self.paused && self.restarting_until.is_none();
-        let needed = c.v0 + c.mv_per_mhz * (f - c.f0);
-        let deficit = needed - v;
-        self.error_rate = if deficit <= 0.0 {
-            0.002
-        } else {
-            (0.002 + (deficit / 60.0).powi(2)).min(1.0)
-        };
+        let hashing =
+            !self.overheat && !self.paused && !self.unpowered && self.restarting_until.is_none();
+        self.error_rate = c.error_rate(f, v);
         let nominal = f * c.small_cores as f64 * n / 1000.0;
         let noise = 1.0 + rand::rng().random_range(-0.02..0.02);
         self.hashrate = if hashing {
@@ -327,12 +358,11 @@ impl Device {
         } else {
             0.0
         };
-        let chip_w = if hashing {
-            c.static_w + c.k * f * (v / 1000.0).powi(2)
+        self.power = if self.unpowered {
+            0.0
         } else {
-            c.static_w * 0.5
+            c.board_watts(self.spec.chips, f, v, hashing)
         };
-        self.power = 1.5 + n * chip_w;
 
         // Fan: the firmware's P loop towards temptarget, or the manual duty.
         self.fan = if self.overheat {
@@ -817,6 +847,32 @@ impl SimDevice {
     }
 
     /// Forces the ASIC temperature (to exercise overheating without waiting for physics).
+    /// Mains power from a smart plug: off drops every connection and answers nothing; on
+    /// boots the device (unreachable for its restart time), keeping its settings as a real
+    /// one keeps them in flash.
+    pub fn set_power(&self, on: bool) {
+        {
+            let mut d = self.shared.device.lock().unwrap();
+            d.advance();
+            if d.unpowered != on {
+                return;
+            }
+            d.unpowered = !on;
+            if on {
+                d.restarting_until = Some(Instant::now() + d.spec.restart_time);
+            }
+        }
+        if !on {
+            let old = std::mem::take(&mut *self.shared.reboot.lock().unwrap());
+            old.cancel();
+        }
+    }
+
+    /// Whether its mains power is on.
+    pub fn powered(&self) -> bool {
+        !self.shared.device.lock().unwrap().unpowered
+    }
+
     pub fn set_temperature(&self, celsius: f64) {
         let mut d = self.shared.device.lock().unwrap();
         d.temp = celsius;
@@ -868,7 +924,7 @@ pub fn serve(spec: DeviceSpec, listener: TcpListener, cancel: CancellationToken)
                 d.advance();
                 let restarting = d.restarting_until.is_some();
                 (
-                    faults.offline || restarting,
+                    faults.offline || restarting || d.unpowered,
                     rand::rng().random::<f64>() < faults.drop_rate,
                 )
             };

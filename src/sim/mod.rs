@@ -4,8 +4,10 @@
 
 pub mod axeos;
 pub mod cgminer;
+pub mod ha;
 pub mod nmminer;
 pub mod octopus;
+pub mod plug;
 
 use std::net::SocketAddr;
 use tokio_util::sync::CancellationToken;
