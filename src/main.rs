@@ -84,6 +84,17 @@ enum Cmd {
         #[arg(long, default_value = "table")]
         format: prices::Format,
     },
+    /// Replay recorded price days: energy, cost and terahashes per strategy against the limit.
+    Replay {
+        /// Price files: Octopus standard-unit-rates pages, or [{"start","end","value"}] lists.
+        #[arg(long, required = true, num_args = 1..)]
+        prices: Vec<PathBuf>,
+        /// A config whose miners and bands to replay (the demo's when omitted).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = "table")]
+        format: miner2mqtt::energy::replay::Format,
+    },
     /// Measure the daemon's cost polling N simulated miners (see docs/BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -201,6 +212,14 @@ async fn async_main(cli: Cli) -> std::process::ExitCode {
                 octopus,
             )
             .await
+        }
+        Cmd::Replay {
+            prices,
+            config,
+            format,
+        } => {
+            install_tracing("warn");
+            miner2mqtt::energy::replay::run(&prices, config.as_deref(), format)
         }
         Cmd::Prices { config, at, format } => {
             install_tracing("warn");

@@ -222,3 +222,89 @@ async fn the_demo_brings_its_own_broker_when_none_answers() {
         "{out}"
     );
 }
+
+/// `miner2mqtt replay` over the real Agile days in ../shared/fixtures/octopus/days: every
+/// strategy costs at least the limit for its terahashes (the limit is a true lower bound), the
+/// strategies save against always-on, and the demo fleet's bands + champion lands within 10 %
+/// of the limit. A file that is not prices is refused by name.
+#[test]
+fn replay_reports_each_strategy_against_the_limit() {
+    let days: Vec<std::path::PathBuf> = std::fs::read_dir(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/fixtures/octopus/days"
+    ))
+    .unwrap()
+    .map(|e| e.unwrap().path())
+    .collect();
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .arg("replay")
+            .arg("--prices")
+            .args(&days)
+            .args(["--format", "json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let report = run(&[]);
+    assert_eq!(
+        report["days"].as_array().unwrap().len(),
+        6,
+        "{}",
+        report["days"]
+    );
+    assert!(
+        report["days"]
+            .as_array()
+            .unwrap()
+            .contains(&"2023-10-29".into()),
+        "the 50-slot day"
+    );
+    let rows = report["rows"].as_array().unwrap();
+    let row = |name: &str| rows.iter().find(|r| r["strategy"] == name).unwrap();
+    for r in rows {
+        let gap = r["gap_percent"].as_f64().unwrap();
+        assert!(gap > -0.01, "nothing beats the limit: {r}");
+    }
+    let (always, bands, champion) = (row("always_on"), row("bands"), row("bands_champion"));
+    assert!(bands["gbp_per_th"].as_f64() < always["gbp_per_th"].as_f64());
+    assert_eq!(always["changes"], 0);
+    assert!(
+        champion["gap_percent"].as_f64().unwrap() < 10.0,
+        "{champion}"
+    );
+
+    // The plain rule for one Gamma on a plug: eco below 20 p/kWh, off above.
+    let gamma = run(&[
+        "--config",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/replay/gamma-eco-below-20.yaml"
+        ),
+    ]);
+    let rows = gamma["rows"].as_array().unwrap();
+    let per_th = |i: usize| rows[i]["gbp_per_th"].as_f64().unwrap();
+    let saving = 1.0 - per_th(1) / per_th(0);
+    assert!((0.45..0.65).contains(&saving), "{saving}");
+
+    let bad = std::process::Command::new(BIN)
+        .args([
+            "replay",
+            "--prices",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("Cargo.toml") && err.contains("neither an Octopus rates page"),
+        "{err}"
+    );
+}

@@ -8,13 +8,15 @@
 //!   per-miner efficiency it ranks champions by.
 //! - [`meter`]: energy (kWh) and today's cost per miner.
 //! - [`task`]: the controller task that runs all of it beside the hub.
-//! - [`show`]: `miner2mqtt prices`, a day's slots on the terminal.
+//! - [`show`]: `miner2mqtt prices`, a day's slots on the terminal; [`replay`]: `miner2mqtt
+//!   replay`, the strategies over recorded days against the limit.
 
 pub mod bands;
 pub mod config;
 pub mod meter;
 pub mod octopus;
 pub mod prices;
+pub mod replay;
 pub mod rolling;
 pub mod schedule;
 pub mod show;

@@ -60,7 +60,8 @@ impl Model {
     }
 
     /// (TH/s, W) per work mode 0, 1, 2.
-    fn modes(self) -> [(f64, f64); 3] {
+    /// (TH/s, W) per work mode, lowest first.
+    pub fn modes(self) -> [(f64, f64); 3] {
         match self {
             Model::Nano3 => [(2.0, 50.0), (3.3, 90.0), (4.0, 140.0)],
             Model::Nano3s => [(3.5, 70.0), (5.0, 100.0), (6.6, 133.0)],
