@@ -88,6 +88,8 @@ pub struct Store {
     energy: sled::Tree,
     /// Small settings the user changes at run time (the strategy's switches).
     settings: sled::Tree,
+    /// The strategy's decisions (band and champion changes), by time.
+    decisions: sled::Tree,
 }
 
 /// A stored price slot.
@@ -135,6 +137,7 @@ impl Store {
             prices: tree("prices")?,
             energy: tree("energy")?,
             settings: tree("settings")?,
+            decisions: tree("decisions")?,
             db,
         })
     }
@@ -343,6 +346,29 @@ impl Store {
             .insert(name, &[u8::from(value)])
             .map_err(|e| self.io(e))?;
         Ok(())
+    }
+
+    /// Keeps a decision of the strategy (an event as published), at `at_ms`.
+    pub fn record_decision(&self, at_ms: i64, event: &serde_json::Value) -> Result<(), StoreError> {
+        let id = self.db.generate_id().map_err(|e| self.io(e))?;
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&(at_ms.max(0) as u64).to_be_bytes());
+        key[8..].copy_from_slice(&id.to_be_bytes());
+        let mut event = event.clone();
+        event["at"] = at_ms.into();
+        let bytes = serde_json::to_vec(&event).map_err(|e| self.io(e))?;
+        self.decisions.insert(key, bytes).map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// The decisions kept from `from_ms` up to `to_ms`, oldest first.
+    pub fn decisions(&self, from_ms: i64, to_ms: i64) -> Vec<serde_json::Value> {
+        let (from, to) = (from_ms.max(0) as u64, to_ms.max(0) as u64);
+        self.decisions
+            .range(from.to_be_bytes()..to.to_be_bytes())
+            .filter_map(Result::ok)
+            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+            .collect()
     }
 
     /// Writes everything to disk; called on shutdown.

@@ -246,6 +246,23 @@ async fn the_strategy_switches_a_plug_off_and_an_ha_switch_follows_the_api() {
         .await;
     assert!(!rig.devs[1].powered());
 
+    // The band decision is on record in the store, readable over a bridge request.
+    rig.ha
+        .publish("miner2mqtt/bridge/request/decisions", r#"{"hours": 1}"#)
+        .await;
+    let answer = rig
+        .ha
+        .wait_after(t0, "miner2mqtt/bridge/response/decisions", WAIT, |_| true)
+        .await
+        .json();
+    let decisions = answer["data"].as_array().unwrap();
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["type"] == "band_changed" && d["to"] == "expensive" && d["at"].is_i64()),
+        "{answer}"
+    );
+
     // Switched on in Home Assistant by someone: the keepalive (5 minutes by default) would
     // correct it; a user command through miner2mqtt wins over the strategy and holds it off.
     let t1 = Instant::now();

@@ -897,10 +897,11 @@ impl Hub {
                 "polls_failed": self.polls_failed,
             })),
             "history" => self.history(&parsed),
+            "decisions" => self.decisions(&parsed),
             "strategy" => self.energy_switch(Switch::Strategy, &text),
             "champion_mode" => self.energy_switch(Switch::Champion, &text),
             other => Err(format!(
-                "unknown request {}; known: log_level, restart, health_check, history, strategy, champion_mode",
+                "unknown request {}; known: log_level, restart, health_check, history, decisions, strategy, champion_mode",
                 command::quote(other.as_bytes())
             )),
         };
@@ -955,6 +956,27 @@ impl Hub {
         let skip = samples.len().saturating_sub(2000);
         samples.drain(..skip);
         serde_json::to_value(samples).map_err(|e| e.to_string())
+    }
+
+    /// `{"hours": 24}` → the strategy's decisions (band and champion changes, missing prices)
+    /// over that many hours of its clock, oldest first (at most 1000).
+    fn decisions(&self, req: &Value) -> Result<Value, String> {
+        let hours = match req.get("hours") {
+            None | Some(Value::Null) => 24,
+            Some(v) => v
+                .as_u64()
+                .filter(|h| (1..=24 * 366).contains(h))
+                .ok_or_else(|| {
+                    format!("\"hours\" must be a whole number from 1 to 8784 (a year), got {v}")
+                })?,
+        };
+        let now = self.clock.now().timestamp_millis();
+        let mut list = self
+            .store
+            .decisions(now - hours as i64 * 3_600_000, now + 1);
+        let skip = list.len().saturating_sub(1000);
+        list.drain(..skip);
+        Ok(Value::Array(list))
     }
 
     fn on_tick(&mut self) {

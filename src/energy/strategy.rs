@@ -82,6 +82,8 @@ struct Track {
     held_until: Option<DateTime<Utc>>,
     /// The last target applied.
     applied: Option<Want>,
+    /// The pool a band's `pool:` last selected on it.
+    pool_sent: Option<String>,
     /// The slot in which a mode command was last sent (at most one mode change per slot).
     mode_slot: Option<DateTime<Utc>>,
     /// Warned that this miner cannot do what a band asks.
@@ -270,6 +272,10 @@ impl Strategy {
                 "reason": c.reason,
             })));
             apply = true;
+            // A new band selects its pool again.
+            for t in &mut self.miners {
+                t.pool_sent = None;
+            }
             let champion_band = self.config.bands[c.to].champion;
             if !champion_band && self.champion.is_some() {
                 self.end_champion("the champion band ended", &mut actions);
@@ -329,6 +335,10 @@ impl Strategy {
             .map(|i| self.config.bands[i].name.clone())
             .unwrap_or_default();
         let slot = slot_start(now);
+        let pool = self
+            .tracker
+            .current()
+            .and_then(|i| self.config.bands[i].pool.clone());
         for index in 0..self.miners.len() {
             let Some(want) = self.want(index) else {
                 continue;
@@ -374,6 +384,13 @@ impl Strategy {
                         }
                         if t.mode != Some(mode) && t.mode_slot != Some(slot) {
                             sent.push(("mode", info.modes[mode].clone()));
+                        }
+                        // The band's pool, once per band (the hub sends nothing when the miner
+                        // is already on it).
+                        if let Some(p) = pool.as_ref().filter(|p| t.pool_sent.as_ref() != Some(*p))
+                        {
+                            t.pool_sent = Some(p.clone());
+                            sent.push(("pool", p.clone()));
                         }
                     }
                     None if info.modes.is_empty() => {
@@ -562,6 +579,70 @@ impl Strategy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_band_with_a_pool_selects_it_once_on_running_miners() {
+        let band = |name: &str, below: Option<f64>, target: &str, pool: Option<&str>| {
+            super::super::bands::Band {
+                name: name.into(),
+                below,
+                target: std::collections::BTreeMap::from([(
+                    "default".to_string(),
+                    target.to_string(),
+                )]),
+                pool: pool.map(str::to_string),
+                champion: false,
+            }
+        };
+        let config = EnergyConfig {
+            source: Some(super::super::config::Source::Mqtt),
+            bands: vec![
+                band("cheap", Some(12.0), "eco", Some("solo")),
+                band("dear", None, "off", None),
+            ],
+            safe_band: 1,
+            min_dwell: std::time::Duration::ZERO,
+            ..EnergyConfig::default()
+        };
+        let mut s = Strategy::new(config);
+        let now: DateTime<Utc> = "2024-01-08T10:00:00Z".parse().unwrap();
+        s.book_mut().insert(vec![super::super::prices::PriceSlot {
+            start: now,
+            end: now + Duration::hours(2),
+            p_per_kwh: 5.0,
+            kind: super::super::prices::SlotKind::Actual,
+        }]);
+        s.on_info(MinerInfo {
+            index: 0,
+            name: "gamma".into(),
+            family: "axeos",
+            modes: vec!["eco".into(), "turbo".into()],
+            can_pause: true,
+            plug: false,
+        });
+        s.on_status(MinerStatus {
+            index: 0,
+            online: true,
+            mode: Some(0),
+            paused: Some(false),
+            powered_off: false,
+            sample: None,
+        });
+        let commands = |actions: Vec<Action>| -> Vec<(&'static str, String)> {
+            actions
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::Command {
+                        property, value, ..
+                    } => Some((property, value)),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(commands(s.tick(now)), [("pool", "solo".to_string())]);
+        // Reconciliation does not select it again.
+        assert!(commands(s.tick(now + Duration::minutes(6))).is_empty());
+    }
 
     #[test]
     fn without_bands_there_is_nothing_to_do_and_nothing_breaks() {

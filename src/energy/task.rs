@@ -162,11 +162,14 @@ struct Controller {
     last_slots: Option<Value>,
 }
 
+/// The events kept in the store as decisions.
+const DECISIONS: [&str; 3] = ["band_changed", "champion_changed", "price_missing"];
+
 impl Controller {
     /// Runs the strategy now and publishes what changed.
     async fn evaluate(&mut self, now: DateTime<Utc>) {
         let actions = self.strategy.tick(now);
-        self.actions(actions).await;
+        self.actions(actions, now).await;
         self.publish(now).await;
     }
 
@@ -174,7 +177,9 @@ impl Controller {
         let _ = self.out.send(o).await;
     }
 
-    async fn actions(&self, actions: Vec<Action>) {
+    /// Hands the strategy's actions to the hub; its decisions (band and champion changes, a
+    /// missing price) are also kept in the store, for the record.
+    async fn actions(&self, actions: Vec<Action>, now: DateTime<Utc>) {
         for a in actions {
             match a {
                 Action::Command {
@@ -189,7 +194,14 @@ impl Controller {
                     })
                     .await
                 }
-                Action::Event(e) => self.emit(Output::Event(e)).await,
+                Action::Event(e) => {
+                    if DECISIONS.contains(&e["type"].as_str().unwrap_or_default()) {
+                        if let Err(err) = self.store.record_decision(now.timestamp_millis(), &e) {
+                            tracing::error!(error = %err, "cannot keep a decision in the store");
+                        }
+                    }
+                    self.emit(Output::Event(e)).await
+                }
             }
         }
     }
@@ -411,7 +423,7 @@ pub fn spawn(
                         Input::Hold { index, until } => c.strategy.on_hold(index, until),
                         Input::CommandFailed { index } => {
                             let actions = c.strategy.on_command_failed(index, now);
-                            c.actions(actions).await;
+                            c.actions(actions, now).await;
                         }
                         Input::FetchFailed => {
                             if !ready {

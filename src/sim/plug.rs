@@ -13,6 +13,14 @@ pub fn topics(topic: &str) -> (String, String) {
     (format!("cmnd/{topic}/POWER"), format!("stat/{topic}/POWER"))
 }
 
+/// Publishes the plug's state, as Tasmota does after every command.
+async fn tell(client: &AsyncClient, state_topic: &str, on: bool) {
+    let state = if on { "ON" } else { "OFF" };
+    let _ = client
+        .publish(state_topic, QoS::AtLeastOnce, false, state)
+        .await;
+}
+
 /// Starts a plug called `topic` on the broker at `host:port`, powering `device`. Returns once
 /// it is subscribed.
 pub async fn start(
@@ -32,7 +40,6 @@ pub async fn start(
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let mut ready = Some(ready_tx);
     tokio::spawn(async move {
-        let state = |on: bool| if on { "ON" } else { "OFF" };
         loop {
             let event = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -40,14 +47,7 @@ pub async fn start(
             };
             match event {
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    let _ = client
-                        .publish(
-                            state_topic.clone(),
-                            QoS::AtLeastOnce,
-                            false,
-                            state(device.powered()),
-                        )
-                        .await;
+                    tell(&client, &state_topic, device.powered()).await;
                     if let Some(tx) = ready.take() {
                         let _ = tx.send(());
                     }
@@ -67,14 +67,7 @@ pub async fn start(
                     if let Some(on) = on {
                         device.set_power(on);
                     }
-                    let _ = client
-                        .publish(
-                            state_topic.clone(),
-                            QoS::AtLeastOnce,
-                            false,
-                            state(device.powered()),
-                        )
-                        .await;
+                    tell(&client, &state_topic, device.powered()).await;
                 }
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     let _ = client
