@@ -23,7 +23,8 @@
 //! - [`daemon`]: the hub: wires the above together and owns the shutdown order; `daemon::energy`
 //!   is its side of the energy controller.
 //! - [`sim`]: faithful simulators of the devices (ESP-Miner over HTTP; Avalon Nano 3/3S, Mini 3,
-//!   Q and Antminer over cgminer TCP; NMMiner broadcasts over UDP; the Octopus API over HTTP),
+//!   Q and Antminer over cgminer TCP; NMMiner broadcasts over UDP; the Octopus API over HTTP;
+//!   a Tasmota plug over MQTT and Home Assistant's REST API, both powering simulated Bitaxes),
 //!   sharing no code with the
 //!   adapters and checked key by key against real captures (tests/sim_fidelity.rs).
 //! - [`demo`] and [`bench`]: the one-command demo and the load benchmark.
