@@ -46,7 +46,7 @@ pub enum HoldChange {
 }
 
 /// Whether a command sets something the strategy also sets (a restart does not).
-fn is_setting(command: &Command) -> bool {
+pub fn is_setting(command: &Command) -> bool {
     !matches!(command, Command::Restart)
 }
 
@@ -56,21 +56,10 @@ impl Arbiter {
         self.user_hold_until.filter(|u| *u > now)
     }
 
-    /// Decides on a command. `Ok` says it may go to the miner (and what that changed about the
-    /// hold); `Err` says why not, in words for the user.
+    /// Decides on a change to the miner: a command, or switching its plug. `setting` says
+    /// whether it sets something the strategy also sets (see [`is_setting`]). `Ok` says it may
+    /// go (and what that changed about the hold); `Err` says why not, in words for the user.
     pub fn admit(
-        &mut self,
-        origin: Origin,
-        command: &Command,
-        now: DateTime<Utc>,
-        manual_hold: Duration,
-    ) -> Result<HoldChange, String> {
-        self.admit_change(origin, is_setting(command), now, manual_hold)
-    }
-
-    /// As `admit`, for a change that is not a miner command (switching its plug): `setting`
-    /// says whether the strategy also sets it.
-    pub fn admit_change(
         &mut self,
         origin: Origin,
         setting: bool,
@@ -110,28 +99,35 @@ mod tests {
         let hold = Duration::from_secs(7200);
         let eco = Command::SetWorkMode(0);
         assert_eq!(
-            a.admit(Origin::Strategy, &eco, t0, hold),
+            a.admit(Origin::Strategy, is_setting(&eco), t0, hold),
             Ok(HoldChange::None)
         );
         let until = t0 + chrono::Duration::hours(2);
         assert_eq!(
-            a.admit(Origin::User, &Command::SetFrequency(500), t0, hold),
+            a.admit(
+                Origin::User,
+                is_setting(&Command::SetFrequency(500)),
+                t0,
+                hold
+            ),
             Ok(HoldChange::HeldUntil(until))
         );
         let refused = a
             .admit(
                 Origin::Strategy,
-                &eco,
+                is_setting(&eco),
                 t0 + chrono::Duration::minutes(119),
                 hold,
             )
             .unwrap_err();
         assert!(refused.contains("holds the strategy off"), "{refused}");
-        assert!(a.admit(Origin::Strategy, &eco, until, hold).is_ok());
+        assert!(a
+            .admit(Origin::Strategy, is_setting(&eco), until, hold)
+            .is_ok());
         // A restart is not a setting: no hold.
         let mut b = Arbiter::default();
         assert_eq!(
-            b.admit(Origin::User, &Command::Restart, t0, hold),
+            b.admit(Origin::User, is_setting(&Command::Restart), t0, hold),
             Ok(HoldChange::None)
         );
         assert!(b.held_until(t0).is_none());

@@ -63,22 +63,9 @@ pub fn start_embedded_broker(addr: SocketAddr) -> anyhow::Result<()> {
     anyhow::bail!("the embedded broker did not start listening on {addr}")
 }
 
-/// Options for the demo.
-pub struct DemoOptions {
-    /// The broker's address. When nothing answers at a loopback address and no `mqtt` settings
-    /// were given, an embedded broker is started there.
-    pub broker: Option<SocketAddr>,
-    /// The user's `mqtt:` settings (from `--config` or `MINER2MQTT_MQTT__*`): host, port,
-    /// credentials, TLS, topics. `broker` overrides host and port.
-    pub mqtt: Option<config::RawMqtt>,
-    pub poll_interval: Duration,
-    /// Print the table (off when stdout is not for people).
-    pub table: bool,
-}
-
-/// Runs the demo until `cancel` fires.
-pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result<()> {
-    let specs = [
+/// The demo's ESP-Miner boards, by name.
+pub fn esp_miners() -> [(&'static str, DeviceSpec); 4] {
+    [
         (
             "bitaxe-gamma",
             DeviceSpec::new(1, Firmware::V2_12, BM1370, 1),
@@ -95,7 +82,31 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
             "nerdqaxe",
             DeviceSpec::new(4, Firmware::Nerdqaxe, BM1370, 4),
         ),
-    ];
+    ]
+}
+
+/// The demo's Avalons whose modes can be set, by name (the Nano 3S and the Q).
+pub const AVALONS: [(&str, Model); 2] = [("avalon-nano3s", Model::Nano3s), ("avalon-q", Model::Q)];
+
+/// The demo miner that hangs on a simulated smart plug.
+pub const PLUGGED: &str = "bitaxe-supra";
+
+/// Options for the demo.
+pub struct DemoOptions {
+    /// The broker's address. When nothing answers at a loopback address and no `mqtt` settings
+    /// were given, an embedded broker is started there.
+    pub broker: Option<SocketAddr>,
+    /// The user's `mqtt:` settings (from `--config` or `MINER2MQTT_MQTT__*`): host, port,
+    /// credentials, TLS, topics. `broker` overrides host and port.
+    pub mqtt: Option<config::RawMqtt>,
+    pub poll_interval: Duration,
+    /// Print the table (off when stdout is not for people).
+    pub table: bool,
+}
+
+/// Runs the demo until `cancel` fires.
+pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result<()> {
+    let specs = esp_miners();
     let mut names: Vec<&str> = specs.iter().map(|(n, _)| *n).collect();
     let devices = crate::sim::start_axeos_fleet(
         specs.iter().map(|(_, s)| s.clone()).collect(),
@@ -104,19 +115,19 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     )
     .await?;
     let avalon = crate::sim::cgminer::start(
-        AvalonSpec::new(5, Model::Nano3s),
+        AvalonSpec::new(5, AVALONS[0].1),
         "127.0.0.1:0".parse().expect("a socket address"),
         cancel.clone(),
     )
     .await?;
-    names.push("avalon-nano3s");
+    names.push(AVALONS[0].0);
     let avalon_q = crate::sim::cgminer::start(
-        AvalonSpec::new(7, Model::Q),
+        AvalonSpec::new(7, AVALONS[1].1),
         "127.0.0.1:0".parse().expect("a socket address"),
         cancel.clone(),
     )
     .await?;
-    names.push("avalon-q");
+    names.push(AVALONS[1].0);
     let s19 = crate::sim::cgminer::start(
         AvalonSpec::new(6, Model::S19pro),
         "127.0.0.1:0".parse().expect("a socket address"),
@@ -179,11 +190,11 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         .zip(&devices)
         .map(|(name, d)| RawMiner::new(name, MinerKind::Axeos, &d.addr.to_string()))
         .collect();
-    let mut nano = RawMiner::new("avalon-nano3s", MinerKind::Avalon, &avalon.addr.to_string());
+    let mut nano = RawMiner::new(AVALONS[0].0, MinerKind::Avalon, &avalon.addr.to_string());
     nano.admin_password = Some(config::Secret::new(&avalon.spec.admin_password));
     raw.miners.push(nano);
     raw.miners.push(RawMiner::new(
-        "avalon-q",
+        AVALONS[1].0,
         MinerKind::Avalon,
         &avalon_q.addr.to_string(),
     ));
@@ -209,7 +220,7 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     raw.energy = Some(demo_energy(&octopus.base_url()));
     // bitaxe-supra hangs on a simulated Tasmota plug on the same broker (not where the broker
     // wants credentials: the plug has none), so the strategy's "off" switches its power.
-    let plugged = names.iter().position(|n| *n == "bitaxe-supra");
+    let plugged = names.iter().position(|n| *n == PLUGGED);
     let plug = match plugged {
         Some(i) if raw.mqtt.username.is_none() => {
             let (command_topic, state_topic) = crate::sim::plug::topics(DEMO_PLUG);
@@ -275,7 +286,7 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         s19.addr
     );
     if plug {
-        println!("  bitaxe-supra is powered through a simulated Tasmota plug (cmnd/{DEMO_PLUG}/POWER): the strategy switches it off when power is dear");
+        println!("  {PLUGGED} is powered through a simulated Tasmota plug (cmnd/{DEMO_PLUG}/POWER): the strategy switches it off when power is dear");
     }
     if let Ok((nm_listen, _)) = &nm {
         println!("  nmminer-lotto      NMLotto  UDP broadcasts from 127.0.0.2 to {nm_listen}");

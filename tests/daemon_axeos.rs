@@ -4,18 +4,10 @@
 mod common;
 
 use common::*;
-use miner2mqtt::sim::axeos::{self, DeviceSpec, Faults, Firmware, SimDevice, BM1368, BM1370};
+use miner2mqtt::sim::axeos::{self, DeviceSpec, Faults, Firmware, BM1368, BM1370};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-
-fn disco(mac: &str) -> String {
-    format!("homeassistant/device/miner2mqtt/{mac}/config")
-}
-
-fn hwid(d: &SimDevice) -> String {
-    d.spec.mac_string().replace(':', "").to_ascii_lowercase()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_miners_appear_in_home_assistant_with_the_right_entities() {

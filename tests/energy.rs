@@ -151,20 +151,7 @@ async fn agile_prices_set_each_miners_mode_and_a_change_by_hand_holds_the_strate
     assert!(price.get("device_class").is_none());
     assert_eq!(price["json_attributes_topic"], "miner2mqtt/bridge/prices");
     assert_eq!(bridge_disco["cmps"]["strategy"]["p"], "switch");
-    let hwid = rig.devs[0]
-        .spec
-        .mac_string()
-        .replace(':', "")
-        .to_ascii_lowercase();
-    let miner_disco = rig
-        .ha
-        .wait_for(
-            &format!("homeassistant/device/miner2mqtt/{hwid}/config"),
-            WAIT,
-            |_| true,
-        )
-        .await
-        .json();
+    let miner_disco = rig.discovery(0).await;
     let e = &miner_disco["cmps"]["energy"];
     assert_eq!(
         (

@@ -182,6 +182,9 @@ fn assert_clean_log(ha: &HomeAssistant, when: &str) {
     );
 }
 
+/// The input_boolean standing for a smart plug that only Home Assistant knows.
+const PLUG: &str = "input_boolean.bitaxe_plug";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_demo_in_a_real_home_assistant() {
     let python = match hass::python313() {
@@ -480,19 +483,24 @@ async fn the_demo_in_a_real_home_assistant() {
     .unwrap();
     let store = tempfile::tempdir().unwrap();
     let history = store.path().join("h");
+    // keep-me hangs on a plug that only Home Assistant knows (an input_boolean), switched
+    // through HA's REST API with the test's token.
+    let ha_url = format!("http://127.0.0.1:{}", ha.port);
     let both = config_for(
         broker.port,
         &[("keep-me", &devs[0]), ("remove-me", &devs[1])],
         &history,
-        |raw| raw.mqtt.base_topic = "removal".into(),
+        |raw| {
+            raw.mqtt.base_topic = "removal".into();
+            raw.miners[0].power =
+                Some(serde_json::from_value(json!({ "ha": { "entity_id": PLUG } })).unwrap());
+            raw.ha.url = Some(ha_url.clone());
+            raw.ha.token = Some(miner2mqtt::config::Secret::new(&ha.token));
+            raw.power_keepalive = Duration::from_secs(2);
+        },
     );
     let daemon = Daemon::start(both);
-    let ids_of = |d: &miner2mqtt::sim::axeos::SimDevice| {
-        format!(
-            "miner2mqtt_{}",
-            d.spec.mac_string().replace(':', "").to_ascii_lowercase()
-        )
-    };
+    let ids_of = |d: &miner2mqtt::sim::axeos::SimDevice| format!("miner2mqtt_{}", hwid(d));
     let (keep, gone) = (ids_of(&devs[0]), ids_of(&devs[1]));
     wait_for_devices(
         &ha,
@@ -500,6 +508,45 @@ async fn the_demo_in_a_real_home_assistant() {
         "both miners are devices in HA",
     )
     .await;
+    // Off from MQTT: HA's entity goes off. Switched on in HA by hand: the keepalive puts it back.
+    let plug_is = |wanted: &'static str| {
+        let ha = &ha;
+        move || async move {
+            let s = ha.state(PLUG).await;
+            (s["state"] == wanted)
+                .then_some(())
+                .ok_or_else(|| format!("{s}"))
+        }
+    };
+    let (status, body) = ha
+        .call("input_boolean", "turn_on", json!({ "entity_id": PLUG }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_until("the HA plug is on", WAIT, plug_is("on")).await;
+    let off = Instant::now();
+    observer.publish("removal/keep-me/set/power", "OFF").await;
+    observer
+        .wait_after(off, "removal/bridge/event", WAIT, |m| {
+            m.json()["command"] == "power off" && m.json()["type"] == "command_applied"
+        })
+        .await;
+    wait_until("the HA plug is off", WAIT, plug_is("off")).await;
+    let by_hand = Instant::now();
+    let (status, body) = ha
+        .call("input_boolean", "turn_on", json!({ "entity_id": PLUG }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let corrected = observer
+        .wait_after(by_hand, "removal/bridge/event", WAIT, |m| {
+            m.json()["type"] == "plug_corrected"
+        })
+        .await
+        .json();
+    assert_eq!(
+        (corrected["was"].as_str(), corrected["wanted"].as_str()),
+        (Some("ON"), Some("OFF"))
+    );
+    wait_until("the HA plug is off again", WAIT, plug_is("off")).await;
     daemon.stop().await;
     let one = config_for(broker.port, &[("keep-me", &devs[0])], &history, |raw| {
         raw.mqtt.base_topic = "removal".into()

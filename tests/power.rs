@@ -58,16 +58,7 @@ async fn a_miner_switched_off_at_its_mqtt_plug_shows_off_and_the_keepalive_keeps
     .await;
 
     // Discovery: a Power switch that stays available while the miner is off or unreachable.
-    let hwid = dev.spec.mac_string().replace(':', "").to_ascii_lowercase();
-    let disco = rig
-        .ha
-        .wait_for(
-            &format!("homeassistant/device/miner2mqtt/{hwid}/config"),
-            WAIT,
-            |_| true,
-        )
-        .await
-        .json();
+    let disco = rig.discovery(0).await;
     let switch = &disco["cmps"]["power_switch"];
     assert_eq!(switch["p"], "switch");
     assert_eq!(switch["name"], "Power");
@@ -263,8 +254,7 @@ async fn the_strategy_switches_a_plug_off_and_an_ha_switch_follows_the_api() {
         "{answer}"
     );
 
-    // Switched on in Home Assistant by someone: the keepalive (5 minutes by default) would
-    // correct it; a user command through miner2mqtt wins over the strategy and holds it off.
+    // A user switching it on through miner2mqtt wins over the strategy and holds it off.
     let t1 = Instant::now();
     rig.ha.publish("miner2mqtt/gamma/set/power", "ON").await;
     let back = state_where(&rig, t1, |s| {

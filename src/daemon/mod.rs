@@ -156,8 +156,9 @@ struct Hub {
     instance: Value,
     /// The energy controller (prices, strategy, meters).
     energy: energy_task::Handle,
-    /// The smart plugs.
+    /// The smart plugs, and which miners each plug state topic speaks for.
     power: crate::power::task::Handle,
+    plug_topics: HashMap<String, Vec<usize>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -286,6 +287,7 @@ pub async fn run_with_clock(
         &tracker,
         pollers.clone(),
     );
+    let plug_topics = power::state_topics(&slots);
     let plugs = slots
         .iter()
         .enumerate()
@@ -347,6 +349,7 @@ pub async fn run_with_clock(
         }),
         energy,
         power,
+        plug_topics,
         clock,
     };
 
@@ -613,7 +616,7 @@ impl Hub {
                     t.bridge_prices_set(),
                     t.ha_status(),
                 ];
-                filters.extend(self.plug_state_topics());
+                filters.extend(self.plug_topics.keys().cloned());
                 self.mqtt.subscribe(filters);
                 self.mqtt.publish(t.bridge_state(), "online", true);
                 self.info_dirty = true;
@@ -758,38 +761,54 @@ impl Hub {
                 self.publish_state(i);
             }
             Ok(cmd) => {
-                let now = self.clock.now();
-                let manual_hold = self.config.energy.manual_hold;
-                let admitted = if self.config.energy.has_strategy() {
-                    self.slots[i].arbiter.admit(origin, &cmd, now, manual_hold)
-                } else {
-                    Ok(HoldChange::None)
-                };
-                let hold = match admitted {
-                    Ok(hold) => hold,
-                    Err(reason) => {
-                        tracing::debug!(miner = %name, command = %cmd.describe(), origin = origin.as_str(), %reason, "not admitted");
-                        if origin == Origin::Strategy {
-                            self.energy.send(EnergyInput::CommandFailed { index: i });
-                        }
-                        return;
-                    }
+                let setting = crate::control::is_setting(&cmd);
+                let Some(hold) = self.admit(i, origin, setting, &cmd.describe()) else {
+                    return;
                 };
                 match self.slots[i].handle.submit(cmd.clone(), origin) {
                     Ok(()) => {
                         tracing::info!(miner = %name, command = %cmd.describe(), origin = origin.as_str(), "command queued");
-                        if let HoldChange::HeldUntil(until) = hold {
-                            self.energy.send(EnergyInput::Hold {
-                                index: i,
-                                until: Some(until),
-                            });
-                            self.publish_state(i);
-                        }
+                        self.hold_changed(i, hold);
                     }
                     Err(reason) => self.refuse_from(i, name, property, &value, &reason, origin),
                 }
             }
             Err(reason) => self.refuse_from(i, name, property, &value, &reason, origin),
+        }
+    }
+
+    /// The arbiter's verdict on a change to miner `i` (`setting`: one the strategy also makes);
+    /// `None` when it may not go, a strategy's refusal reported to the controller. Without a
+    /// strategy nothing is held.
+    fn admit(&mut self, i: usize, origin: Origin, setting: bool, what: &str) -> Option<HoldChange> {
+        if !self.config.energy.has_strategy() {
+            return Some(HoldChange::None);
+        }
+        let (now, manual_hold) = (self.clock.now(), self.config.energy.manual_hold);
+        match self.slots[i]
+            .arbiter
+            .admit(origin, setting, now, manual_hold)
+        {
+            Ok(hold) => Some(hold),
+            Err(reason) => {
+                tracing::debug!(miner = %self.slots[i].config.name, what, origin = origin.as_str(), %reason, "not admitted");
+                if origin == Origin::Strategy {
+                    self.energy.send(EnergyInput::CommandFailed { index: i });
+                }
+                None
+            }
+        }
+    }
+
+    /// A change that went out held the strategy off: the controller and the hold sensor learn
+    /// until when.
+    fn hold_changed(&mut self, i: usize, hold: HoldChange) {
+        if let HoldChange::HeldUntil(until) = hold {
+            self.energy.send(EnergyInput::Hold {
+                index: i,
+                until: Some(until),
+            });
+            self.publish_state(i);
         }
     }
 
@@ -1207,12 +1226,6 @@ impl Hub {
         if slot.reading.is_none() && slot.plug.is_none() {
             return;
         }
-        // Off on purpose: no hashrate, no power, nothing else known.
-        let off_telemetry = crate::miner::Telemetry {
-            hashrate: Some(0.0),
-            power: Some(0.0),
-            ..Default::default()
-        };
         let round = |v: f64, digits: i32| (v * 10f64.powi(digits)).round() / 10f64.powi(digits);
         let priced = self.energy_features().priced;
         let extras = state::Extras {
@@ -1231,7 +1244,14 @@ impl Hub {
                 })
                 .map(|on| if on { "ON" } else { "OFF" }),
         };
+        // Off on purpose: no hashrate, no power, nothing else known.
+        let off_telemetry;
         let telemetry = if off {
+            off_telemetry = crate::miner::Telemetry {
+                hashrate: Some(0.0),
+                power: Some(0.0),
+                ..Default::default()
+            };
             Some(&off_telemetry)
         } else {
             slot.reading.as_ref().map(|r| &r.telemetry)

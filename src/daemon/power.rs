@@ -4,12 +4,13 @@
 //! after switching on, failed polls are expected for `BOOT_GRACE` while it boots.
 
 use super::Hub;
-use crate::control::{HoldChange, Origin};
+use crate::control::Origin;
 use crate::energy::task::Input as EnergyInput;
 use crate::hass::command;
 use crate::power::task::{Input, Output};
 use crate::power::Plug;
 use serde_json::json;
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -26,15 +27,30 @@ pub struct PlugView {
 }
 
 impl PlugView {
-    /// Off on purpose: told to be off, or found off with no say either way.
+    /// Off on purpose: miner2mqtt was told to switch it off (by the user or the strategy). A
+    /// plug found off with no such word is a miner without power, polled like any other: it
+    /// shows offline, and its never-read device can still appear once it is switched on.
     pub fn off(&self) -> bool {
-        self.wanted == Some(false) || (self.wanted.is_none() && self.actual == Some(false))
+        self.wanted == Some(false)
     }
 
     /// The switch's state: what the plug says, else what it should be.
     pub fn shown(&self) -> Option<bool> {
         self.actual.or(self.wanted)
     }
+}
+
+/// Which miners each MQTT plug state topic speaks for (a topic may serve more than one).
+pub(super) fn state_topics(slots: &[super::Slot]) -> HashMap<String, Vec<usize>> {
+    let mut topics: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, slot) in slots.iter().enumerate() {
+        if let Some(Plug::Mqtt(p)) = &slot.config.power {
+            if let Some(t) = &p.state_topic {
+                topics.entry(t.clone()).or_default().push(i);
+            }
+        }
+    }
+    topics
 }
 
 impl Hub {
@@ -48,36 +64,18 @@ impl Hub {
         self.slots[i].boot_until.is_some_and(|t| Instant::now() < t)
     }
 
-    /// The MQTT topics plugs report on, for the subscription.
-    pub(super) fn plug_state_topics(&self) -> Vec<String> {
-        let mut topics: Vec<String> = self
-            .slots
-            .iter()
-            .filter_map(|s| match &s.config.power {
-                Some(Plug::Mqtt(p)) => p.state_topic.clone(),
-                _ => None,
-            })
-            .collect();
-        topics.sort();
-        topics.dedup();
-        topics
-    }
-
     /// A message on a plug's state topic; says whether it was one.
     pub(super) fn on_plug_message(&mut self, topic: &str, payload: &[u8]) -> bool {
-        let mut any = false;
-        for (i, slot) in self.slots.iter().enumerate() {
-            if let Some(Plug::Mqtt(p)) = &slot.config.power {
-                if p.state_topic.as_deref() == Some(topic) {
-                    any = true;
-                    self.power.send(Input::Observed {
-                        index: i,
-                        payload: payload.to_vec(),
-                    });
-                }
-            }
+        let Some(miners) = self.plug_topics.get(topic) else {
+            return false;
+        };
+        for &index in miners {
+            self.power.send(Input::Observed {
+                index,
+                payload: payload.to_vec(),
+            });
         }
-        any
+        true
     }
 
     /// `<base>/<miner>/set/power` (ON/OFF), from any origin.
@@ -98,23 +96,9 @@ impl Hub {
                 return;
             }
         };
-        let hold = if self.config.energy.has_strategy() {
-            let (now, manual_hold) = (self.clock.now(), self.config.energy.manual_hold);
-            match self.slots[i]
-                .arbiter
-                .admit_change(origin, true, now, manual_hold)
-            {
-                Ok(hold) => hold,
-                Err(reason) => {
-                    tracing::debug!(miner = %name, on, origin = origin.as_str(), %reason, "plug switch not admitted");
-                    if origin == Origin::Strategy {
-                        self.energy.send(EnergyInput::CommandFailed { index: i });
-                    }
-                    return;
-                }
-            }
-        } else {
-            HoldChange::None
+        let Some(hold) = self.admit(i, origin, true, if on { "power on" } else { "power off" })
+        else {
+            return;
         };
         tracing::info!(miner = %name, on, origin = origin.as_str(), "switching the plug");
         self.power.send(Input::Set {
@@ -122,13 +106,7 @@ impl Hub {
             on,
             origin,
         });
-        if let HoldChange::HeldUntil(until) = hold {
-            self.energy.send(EnergyInput::Hold {
-                index: i,
-                until: Some(until),
-            });
-            self.publish_state(i);
-        }
+        self.hold_changed(i, hold);
     }
 
     /// What the plug task reports.

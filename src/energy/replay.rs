@@ -5,7 +5,7 @@
 //! traces the frontier). The strategy is the daemon's own ([`Strategy`]), on a replayed clock.
 
 use super::config::EnergyConfig;
-use super::prices::{uk_day, PriceSlot};
+use super::prices::{uk_day, PriceBook, PriceSlot};
 use super::strategy::{Action, MinerInfo, MinerStatus, Strategy};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
@@ -78,37 +78,27 @@ struct State {
     off: bool,
 }
 
-/// The whole UK days the slots cover (a day with a gap is left out, and named).
+/// The whole UK days the slots cover (a day with a gap is left out, and named; a slot given
+/// twice counts once, as in the daemon's book).
 pub fn whole_days(slots: &[PriceSlot]) -> (Vec<Vec<PriceSlot>>, Vec<String>) {
-    let mut days: Vec<Vec<PriceSlot>> = Vec::new();
-    let mut sorted = slots.to_vec();
-    sorted.sort_by_key(|s| s.start);
-    for s in sorted {
-        let day = uk_day(s.start);
-        match days.last_mut() {
-            Some(d) if uk_day(d[0].start) == day => {
-                if d.last().is_some_and(|l| l.start != s.start) {
-                    d.push(s)
-                }
-            }
-            _ => days.push(vec![s]),
-        }
-    }
-    let mut skipped = Vec::new();
-    days.retain(|d| {
-        let (from, to) = uk_day(d[0].start);
-        let whole = d[0].start == from
-            && d.last().is_some_and(|l| l.end == to)
-            && d.windows(2).all(|w| w[0].end == w[1].start);
-        if !whole {
+    let mut book = PriceBook::new();
+    book.insert(slots.iter().cloned());
+    let uk_days: std::collections::BTreeSet<_> = slots.iter().map(|s| uk_day(s.start)).collect();
+    let (mut days, mut skipped) = (Vec::new(), Vec::new());
+    for (from, to) in uk_days {
+        let day: Vec<PriceSlot> = book.range(from, to).cloned().collect();
+        let whole = book.at(from).is_some_and(|s| s.start == from)
+            && book.known_until(from).is_some_and(|end| end >= to);
+        if whole {
+            days.push(day);
+        } else {
             skipped.push(format!(
                 "{} ({} slots, not a whole day)",
                 uk_date(from),
-                d.len()
+                day.len()
             ));
         }
-        whole
-    });
+    }
     (days, skipped)
 }
 
@@ -119,12 +109,6 @@ fn uk_date(t: DateTime<Utc>) -> String {
         .to_string()
 }
 
-fn price_at(day: &[PriceSlot], t: DateTime<Utc>) -> f64 {
-    day.iter()
-        .find(|s| s.start <= t && t < s.end)
-        .map_or(0.0, |s| s.p_per_kwh)
-}
-
 /// One UK day, minute by minute, under `policy`.
 pub fn run_day(
     policy: Policy,
@@ -133,6 +117,8 @@ pub fn run_day(
     day: &[PriceSlot],
 ) -> Totals {
     let (from, to) = uk_day(day[0].start);
+    let mut book = PriceBook::new();
+    book.insert(day.iter().cloned());
     let mut states: Vec<State> = fleet
         .iter()
         .map(|m| State {
@@ -197,7 +183,7 @@ pub fn run_day(
                 }
             }
         }
-        let price = price_at(day, now);
+        let price = book.at(now).map_or(0.0, |s| s.p_per_kwh);
         for (m, st) in fleet.iter().zip(&states) {
             let (w, gh) = figures(m, st);
             let kwh = w / 60_000.0;
@@ -230,46 +216,33 @@ fn options(m: &MinerModel) -> Vec<(f64, f64)> {
 }
 
 /// The limit: points (terahashes, £) of the cheapest cost for each amount of work, over all the
-/// days, from the per-slot choice minimising cost − λ·TH for λ swept from 0 to "hash at any
-/// price". Sorted by terahashes; the frontier between two points is their straight line.
+/// days, from the per-slot choice minimising cost − λ·TH for λ swept from 0 to far above any
+/// price per TH. Sorted by terahashes; the frontier between two points is their straight line.
 pub fn frontier(fleet: &[MinerModel], days: &[Vec<PriceSlot>]) -> Vec<(f64, f64)> {
     let opts: Vec<Vec<(f64, f64)>> = fleet.iter().map(options).collect();
-    let mut lambdas = vec![0.0];
-    // £ per TH from 1e-9 to 1e-2, 60 steps a decade, then "any price".
-    for i in 0..=420 {
-        lambdas.push(10f64.powf(-9.0 + i as f64 / 60.0));
-    }
-    lambdas.push(f64::INFINITY);
+    // £ per TH: 0, then 1e-9 to 1e-2 at 60 steps a decade, then 1 (far above any price per TH:
+    // every miner at its fastest).
+    let lambdas = std::iter::once(0.0)
+        .chain((0..=420).map(|i| 10f64.powf(-9.0 + i as f64 / 60.0)))
+        .chain(std::iter::once(1.0));
     let mut points: Vec<(f64, f64)> = lambdas
-        .iter()
-        .map(|&lambda| {
+        .map(|lambda| {
             let (mut th, mut cost) = (0.0, 0.0);
-            for day in days {
-                for slot in day {
-                    let hours = (slot.end - slot.start).num_seconds() as f64 / 3600.0;
-                    for o in &opts {
-                        let best = o
-                            .iter()
-                            .map(|&(w, gh)| {
-                                let c = w * hours / 1000.0 * slot.p_per_kwh / 100.0;
-                                let t = gh * hours * 3.6;
-                                (c, t)
-                            })
-                            .min_by(|a, b| {
-                                let score = |x: &(f64, f64)| {
-                                    if lambda.is_infinite() {
-                                        (-x.1, x.0)
-                                    } else {
-                                        (x.0 - lambda * x.1, -x.1)
-                                    }
-                                };
-                                let (sa, sb) = (score(a), score(b));
-                                sa.0.total_cmp(&sb.0).then(sa.1.total_cmp(&sb.1))
-                            })
-                            .unwrap_or((0.0, 0.0));
-                        cost += best.0;
-                        th += best.1;
-                    }
+            for slot in days.iter().flatten() {
+                let hours = (slot.end - slot.start).num_seconds() as f64 / 3600.0;
+                for o in &opts {
+                    let (c, t) = o
+                        .iter()
+                        .map(|&(w, gh)| {
+                            (
+                                w * hours / 1000.0 * slot.p_per_kwh / 100.0,
+                                gh * hours * 3.6,
+                            )
+                        })
+                        .min_by(|a, b| (a.0 - lambda * a.1).total_cmp(&(b.0 - lambda * b.1)))
+                        .unwrap_or((0.0, 0.0));
+                    cost += c;
+                    th += t;
                 }
             }
             (th, cost)
@@ -354,42 +327,54 @@ pub fn report(config: &EnergyConfig, fleet: &[MinerModel], slots: &[PriceSlot]) 
     }
 }
 
-/// The demo's fleet as the replay models it, from the simulators' own physics: the Bitaxes
-/// and the NerdQaxe at their ASIC's eco / standard / turbo presets, the Avalons at their work
-/// modes. The read-only Antminer and the NMMiner have nothing to choose, so they are left out.
-pub fn demo_fleet() -> Vec<MinerModel> {
-    use crate::sim::axeos::{Chip, BM1368, BM1370};
-    use crate::sim::cgminer::Model;
-    let esp = |name: &str, chip: Chip, chips: u32, pause: bool, plug: bool| {
-        let profile = crate::miner::asic::profile(chip.model).expect("a known ASIC");
-        let modes: Vec<ModeModel> = profile
-            .presets
-            .iter()
-            .filter(|p| p.name != "oc")
-            .map(|p| {
-                let (watts, ghs) = chip.steady(chips, p.frequency_mhz, p.core_voltage_mv);
-                ModeModel {
-                    name: p.name.to_string(),
-                    watts,
-                    ghs,
-                }
-            })
-            .collect();
-        let idle = chip.board_watts(chips, 0.0, 0.0, false);
-        MinerModel {
-            name: name.into(),
-            family: "axeos",
-            default_mode: 1,
-            modes,
-            off_watts: if plug {
-                Some(0.0)
-            } else {
-                pause.then_some(idle)
-            },
-            plug,
-        }
-    };
-    let avalon = |name: &str, model: Model, names: [&str; 3], soft_off: Option<f64>| MinerModel {
+/// An ESP-Miner board as the replay models it: its ASIC's eco / standard / turbo presets
+/// through the simulator's chip physics; off is 0 W on a plug, the idle draw where the
+/// firmware pauses.
+fn esp_model(name: &str, spec: &crate::sim::axeos::DeviceSpec, plug: bool) -> MinerModel {
+    let (chip, chips) = (spec.chip, spec.chips);
+    let profile = crate::miner::asic::profile(chip.model).expect("the simulator's ASICs are known");
+    let modes = profile
+        .presets
+        .iter()
+        .filter(|p| p.name != "oc")
+        .map(|p| {
+            let (watts, ghs) = chip.steady(chips, p.frequency_mhz, p.core_voltage_mv);
+            ModeModel {
+                name: p.name.to_string(),
+                watts,
+                ghs,
+            }
+        })
+        .collect();
+    let idle = chip.board_watts(chips, 0.0, 0.0, false);
+    MinerModel {
+        name: name.into(),
+        family: "axeos",
+        default_mode: 1,
+        modes,
+        off_watts: if plug {
+            Some(0.0)
+        } else {
+            spec.firmware.pauses().then_some(idle)
+        },
+        plug,
+    }
+}
+
+/// An Avalon as the replay models it: its work modes, and its standby where it has one.
+fn avalon_model(name: &str, model: crate::sim::cgminer::Model) -> MinerModel {
+    use crate::miner::avalon::Model as Adapter;
+    use crate::sim::cgminer::{Model, STANDBY_W};
+    // The mode names are the adapter's, as the daemon offers them.
+    let names = match model {
+        Model::Nano3 => Adapter::Nano3,
+        Model::Nano3s => Adapter::Nano3s,
+        Model::Mini3 => Adapter::Mini3,
+        Model::Q => Adapter::Q,
+        Model::S19pro => Adapter::Other(String::new()),
+    }
+    .work_modes();
+    MinerModel {
         name: name.into(),
         family: "avalon",
         modes: model
@@ -397,55 +382,46 @@ pub fn demo_fleet() -> Vec<MinerModel> {
             .iter()
             .zip(names)
             .map(|(&(ths, watts), n)| ModeModel {
-                name: n.into(),
+                name: n.to_string(),
                 watts,
                 ghs: ths * 1000.0,
             })
             .collect(),
         default_mode: 1,
-        off_watts: soft_off,
+        off_watts: model.soft_off().then_some(STANDBY_W),
         plug: false,
-    };
-    vec![
-        esp("bitaxe-gamma", BM1370, 1, false, false),
-        // On the demo's simulated plug.
-        esp("bitaxe-supra", BM1368, 1, false, true),
-        esp("bitaxe-gamma-215", BM1370, 1, true, false),
-        esp("nerdqaxe", BM1370, 4, false, false),
-        avalon(
-            "avalon-nano3s",
-            Model::Nano3s,
-            ["low", "medium", "high"],
-            None,
-        ),
-        // The Q's standby draw, as the simulator reports it.
-        avalon(
-            "avalon-q",
-            Model::Q,
-            ["eco", "standard", "super"],
-            Some(146.0),
-        ),
-    ]
+    }
+}
+
+/// The demo's fleet, from the demo's own device specs. The read-only Antminer and the NMMiner
+/// have nothing to choose, so they are left out.
+pub fn demo_fleet() -> Vec<MinerModel> {
+    let esp = crate::demo::esp_miners()
+        .into_iter()
+        .map(|(name, spec)| esp_model(name, &spec, name == crate::demo::PLUGGED));
+    let avalons = crate::demo::AVALONS
+        .into_iter()
+        .map(|(name, model)| avalon_model(name, model));
+    esp.chain(avalons).collect()
 }
 
 /// A configured fleet, modelled by family (the replay cannot read a chip offline): ESP-Miner
 /// boards as a Bitaxe Gamma, Avalons as a Nano 3S; a plug makes a miner switchable to 0 W.
 /// Antminers (read-only) and NMMiners have nothing to choose and are left out.
 pub fn config_fleet(config: &crate::config::Config) -> Vec<MinerModel> {
-    let demo = demo_fleet();
-    let gamma = demo[0].clone();
-    let nano = demo[4].clone();
+    use crate::config::MinerKind;
+    let gamma = crate::sim::axeos::DeviceSpec::gamma(0, crate::sim::axeos::Firmware::V2_12);
     config
         .miners
         .iter()
         .filter_map(|m| {
+            let plug = m.power.is_some();
             let mut model = match m.kind {
-                crate::config::MinerKind::Axeos => gamma.clone(),
-                crate::config::MinerKind::Avalon => nano.clone(),
-                _ => return None,
+                MinerKind::Axeos => esp_model(&m.name, &gamma, plug),
+                MinerKind::Avalon => avalon_model(&m.name, crate::sim::cgminer::Model::Nano3s),
+                MinerKind::Antminer | MinerKind::Nmminer => return None,
             };
-            model.name = m.name.clone();
-            if m.power.is_some() {
+            if plug {
                 model.plug = true;
                 model.off_watts = Some(0.0);
             }
@@ -479,11 +455,7 @@ pub fn read_prices(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<PriceSlot
     Ok(slots)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Table,
-    Json,
-}
+pub use super::show::Format;
 
 /// `miner2mqtt replay`.
 pub fn run(

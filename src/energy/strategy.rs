@@ -580,6 +580,30 @@ impl Strategy {
 mod tests {
     use super::*;
 
+    /// Miner 0, a Gamma that can pause, with these modes.
+    fn gamma(modes: &[&str]) -> MinerInfo {
+        MinerInfo {
+            index: 0,
+            name: "gamma".into(),
+            family: "axeos",
+            modes: modes.iter().map(|m| m.to_string()).collect(),
+            can_pause: true,
+            plug: false,
+        }
+    }
+
+    /// Miner 0 online and hashing in its first mode.
+    fn running(sample: Option<(DateTime<Utc>, Option<f64>, Option<f64>)>) -> MinerStatus {
+        MinerStatus {
+            index: 0,
+            online: true,
+            mode: Some(0),
+            paused: Some(false),
+            powered_off: false,
+            sample,
+        }
+    }
+
     #[test]
     fn a_band_with_a_pool_selects_it_once_on_running_miners() {
         let band = |name: &str, below: Option<f64>, target: &str, pool: Option<&str>| {
@@ -612,22 +636,8 @@ mod tests {
             p_per_kwh: 5.0,
             kind: super::super::prices::SlotKind::Actual,
         }]);
-        s.on_info(MinerInfo {
-            index: 0,
-            name: "gamma".into(),
-            family: "axeos",
-            modes: vec!["eco".into(), "turbo".into()],
-            can_pause: true,
-            plug: false,
-        });
-        s.on_status(MinerStatus {
-            index: 0,
-            online: true,
-            mode: Some(0),
-            paused: Some(false),
-            powered_off: false,
-            sample: None,
-        });
+        s.on_info(gamma(&["eco", "turbo"]));
+        s.on_status(running(None));
         let commands = |actions: Vec<Action>| -> Vec<(&'static str, String)> {
             actions
                 .into_iter()
@@ -649,23 +659,9 @@ mod tests {
         // Regression: with no energy section the first tick indexed the safe band of an empty
         // list and the controller task died, taking the energy meters with it.
         let mut s = Strategy::new(EnergyConfig::default());
-        s.on_info(MinerInfo {
-            index: 0,
-            name: "gamma".into(),
-            family: "axeos",
-            modes: vec!["eco".into()],
-            can_pause: true,
-            plug: false,
-        });
+        s.on_info(gamma(&["eco"]));
         let now: DateTime<Utc> = "2024-01-08T10:00:00Z".parse().unwrap();
-        s.on_status(MinerStatus {
-            index: 0,
-            online: true,
-            mode: Some(0),
-            paused: Some(false),
-            powered_off: false,
-            sample: Some((now, Some(15.0), Some(1000.0))),
-        });
+        s.on_status(running(Some((now, Some(15.0), Some(1000.0)))));
         assert!(s.tick(now).is_empty());
         assert_eq!(s.band(), None);
     }

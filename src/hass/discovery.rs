@@ -71,6 +71,19 @@ pub struct SwitchPart {
     pub state_off: &'static str,
 }
 
+impl SwitchPart {
+    /// A switch sending and showing `ON` / `OFF`.
+    pub fn on_off(command_topic: String) -> SwitchPart {
+        SwitchPart {
+            command_topic,
+            payload_on: "ON",
+            payload_off: "OFF",
+            state_on: "ON",
+            state_off: "OFF",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ButtonPart {
     pub command_topic: String,
@@ -446,26 +459,14 @@ pub fn miner_discovery(topics: &Topics, m: &MinerDevice<'_>) -> (String, Value) 
         base.entity_category = Some("config");
         base.icon = Some("mdi:fan-auto");
         base.value_template = Some("{{ 'ON' if value_json.auto_fan else 'OFF' }}".into());
-        let part = SwitchPart {
-            command_topic: topics.set(m.name, "auto_fan"),
-            payload_on: "ON",
-            payload_off: "OFF",
-            state_on: "ON",
-            state_off: "OFF",
-        };
+        let part = SwitchPart::on_off(topics.set(m.name, "auto_fan"));
         b.add("auto_fan", base, part);
     }
     if l.pause {
         let mut base = b.base("switch", "mining", "Mining");
         base.icon = Some("mdi:pickaxe");
         base.value_template = Some("{{ 'OFF' if value_json.paused else 'ON' }}".into());
-        let part = SwitchPart {
-            command_topic: topics.set(m.name, "mining"),
-            payload_on: "ON",
-            payload_off: "OFF",
-            state_on: "ON",
-            state_off: "OFF",
-        };
+        let part = SwitchPart::on_off(topics.set(m.name, "mining"));
         b.add("mining", base, part);
     }
     if m.plug {
@@ -474,13 +475,7 @@ pub fn miner_discovery(topics: &Topics, m: &MinerDevice<'_>) -> (String, Value) 
         let mut base = b.base("switch", "power_switch", "Power");
         base.icon = Some("mdi:power-plug");
         base.value_template = Some("{{ value_json.plug_power }}".into());
-        let part = SwitchPart {
-            command_topic: topics.set(m.name, "power"),
-            payload_on: "ON",
-            payload_off: "OFF",
-            state_on: "ON",
-            state_off: "OFF",
-        };
+        let part = SwitchPart::on_off(topics.set(m.name, "power"));
         let extra = BTreeMap::from([
             ("availability", json!([{ "topic": topics.bridge_state() }])),
             ("availability_mode", Value::from("all")),
@@ -593,13 +588,7 @@ fn bridge_energy(b: &mut Builder, topics: &Topics, f: EnergyFeatures) {
         for (key, name, icon) in switches {
             let mut base = b.base("switch", key, name);
             base.icon = Some(icon);
-            let part = SwitchPart {
-                command_topic: topics.bridge_request(key),
-                payload_on: "ON",
-                payload_off: "OFF",
-                state_on: "ON",
-                state_off: "OFF",
-            };
+            let part = SwitchPart::on_off(topics.bridge_request(key));
             b.add_with(key, base, part, energy());
         }
     }

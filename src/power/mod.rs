@@ -236,13 +236,14 @@ pub fn validate(raw: RawPower, ha: Option<&HaApi>) -> Result<Plug, (String, Stri
 mod tests {
     use super::*;
 
-    fn mqtt(yaml: &str) -> Result<Plug, (String, String, String)> {
-        let raw: RawPower = serde_yaml_like(yaml);
-        validate(raw, None)
+    /// A `power:` section written as JSON.
+    fn raw(json: &str) -> RawPower {
+        serde_json::from_str(json).unwrap()
     }
 
-    fn serde_yaml_like(json: &str) -> RawPower {
-        serde_json::from_str(json).unwrap()
+    /// Validated without a Home Assistant API.
+    fn mqtt(json: &str) -> Result<Plug, (String, String, String)> {
+        validate(raw(json), None)
     }
 
     #[test]
@@ -298,10 +299,6 @@ mod tests {
         })
         .unwrap();
         assert_eq!(api.base, "http://ha.local:8123/api");
-        assert!(validate(
-            serde_yaml_like(r#"{"ha":{"entity_id":"switch.plug_1"}}"#),
-            Some(&api)
-        )
-        .is_ok());
+        assert!(validate(raw(r#"{"ha":{"entity_id":"switch.plug_1"}}"#), Some(&api)).is_ok());
     }
 }

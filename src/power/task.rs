@@ -95,8 +95,9 @@ fn on_off(on: bool) -> &'static str {
 const HA_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Plugs {
-    fn entry(&mut self, index: usize) -> Option<&mut Entry> {
-        self.entries.iter_mut().find(|e| e.spec.index == index)
+    /// The entry of the miner at `index`.
+    fn position(&self, index: usize) -> Option<usize> {
+        self.entries.iter().position(|e| e.spec.index == index)
     }
 
     async fn report(&self, e: usize) {
@@ -184,7 +185,7 @@ impl Plugs {
     }
 
     async fn set(&mut self, index: usize, on: bool, origin: Origin) {
-        let Some(e) = self.entries.iter().position(|e| e.spec.index == index) else {
+        let Some(e) = self.position(index) else {
             return;
         };
         let result = self.switch(e, on).await;
@@ -210,18 +211,15 @@ impl Plugs {
     }
 
     async fn observed(&mut self, index: usize, payload: &[u8]) {
-        let Some(entry) = self.entry(index) else {
+        let Some(e) = self.position(index) else {
             return;
         };
-        let Plug::Mqtt(p) = &entry.spec.plug else {
+        let Plug::Mqtt(p) = &self.entries[e].spec.plug else {
             return;
         };
-        let Some(on) = p.read_state(payload) else {
-            return;
-        };
-        if entry.actual != Some(on) {
-            entry.actual = Some(on);
-            if let Some(e) = self.entries.iter().position(|e| e.spec.index == index) {
+        if let Some(on) = p.read_state(payload) {
+            if self.entries[e].actual != Some(on) {
+                self.entries[e].actual = Some(on);
                 self.report(e).await;
             }
         }

@@ -40,6 +40,13 @@ pub enum Firmware {
     Nerdqaxe,
 }
 
+impl Firmware {
+    /// Whether this firmware can pause mining (`/api/system/pause`).
+    pub fn pauses(self) -> bool {
+        self == Firmware::V2_15
+    }
+}
+
 impl std::str::FromStr for Firmware {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -1068,7 +1075,7 @@ async fn pause_resume(shared: Arc<Shared>, paused: bool) -> Response {
         return r;
     }
     let mut d = shared.device.lock().unwrap();
-    if d.spec.firmware != Firmware::V2_15 {
+    if !d.spec.firmware.pauses() {
         return (StatusCode::NOT_FOUND, "Not Found").into_response();
     }
     d.paused = paused;

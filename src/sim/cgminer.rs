@@ -55,7 +55,8 @@ impl std::str::FromStr for Model {
 
 impl Model {
     /// Whether the firmware has standby (`softoff`/`softon`).
-    fn soft_off(self) -> bool {
+    /// Whether the model has a standby (`softoff`), drawing [`STANDBY_W`].
+    pub fn soft_off(self) -> bool {
         matches!(self, Model::Mini3 | Model::Q)
     }
 
@@ -71,6 +72,9 @@ impl Model {
         }
     }
 }
+
+/// Wall watts of a Mini 3 or Q in standby.
+pub const STANDBY_W: f64 = 146.0;
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -239,7 +243,11 @@ impl Device {
         };
         let rpm = if off { 0 } else { self.fan_pct() as u32 * 30 };
         let fan = if off { 0 } else { self.fan_pct() };
-        let power = if off { 146 } else { self.power() as u32 };
+        let power = if off {
+            STANDBY_W as u32
+        } else {
+            self.power() as u32
+        };
         let elapsed = self.booted.elapsed().as_secs();
         format!(
             "'STATS':{{Ver[{ver}] LVer[25052801_14a19a2] BVer[25052801_14a19a2] HashMcu0Ver[Q_hb_v1.1] FanMcuVer[Q_fb_v1.2] CPU[{cpu}] FW[Release] DNA[0201{mhex}] STATE[2] MEMFREE[67892] NETFAIL[0 0 0 0 0 0 0 0] SSID[] RSSI[0] NetDevType[0] SYSTEMSTATU[{state}, Hash Board: 1] Elapsed[{elapsed}] BOOTBY[0x01.00000000] LW[16987598] MH[0] DHW[0] HW[0] DH[2.449%] ITemp[26] HBITemp[27] HBOTemp[{hbo}] TMax[{tmax}] TAvg[{tavg}] TarT[65] Fan1[{rpm}] Fan2[{rpm}] Fan3[{rpm}] Fan4[{rpm}] FanR[{fan}%] SoftOffTime[0] SoftOnTime[0] Filter[19143] FanErr[0] SoloAllowed[1] PS[0 1222 4 0 0 2245 {power}] PCOMM_E[0] GHSspd[{hr:.2}] DHspd[0.000%] GHSmm[{nominal:.2}] GHSavg[{hr:.2}] WU[621649.53] Freq[282.86] MGHS[{hr:.2}] TA[160] Core[A3197S] BIN[36] PING[17] SoftOFF[{soft}] ECHU[0] ECMM[0] PLL0[8843 5769 5098 4610] SF0[258 276 297 318] CRC[0] COMCRC[0] ATA0[800-65-2264-258-20] LcdOnoff[1] Activation[0] WORKMODE[{mode}] WORKLEVEL[0] MPO[{mpo}] CALIALL[7] ADJ[1] Nonce Mask[25]}}",

@@ -33,10 +33,8 @@ pub async fn start(
     let (command_topic, state_topic) = topics(topic);
     let mut options = MqttOptions::new(format!("sim-plug-{topic}"), host, port);
     options.set_keep_alive(Duration::from_secs(10));
+    // Subscribed on every ConnAck (a clean session forgets it on a reconnect).
     let (client, mut events) = AsyncClient::new(options, 16);
-    client
-        .subscribe(command_topic.clone(), QoS::AtLeastOnce)
-        .await?;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let mut ready = Some(ready_tx);
     tokio::spawn(async move {

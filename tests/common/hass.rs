@@ -115,8 +115,9 @@ impl HomeAssistant {
             format!(
                 // INFO shows more of what HA does with our discovery; the entity registry's one INFO
                 // line per new entity (over 200 for the demo) would trip HA's own "logging too
-                // frequently" warning, which a user at the default level never sees.
-                "homeassistant:\n  name: miner2mqtt test\n  latitude: 51.5\n  longitude: -0.12\n  elevation: 10\n  unit_system: metric\n  time_zone: Europe/London\n  currency: GBP\n  country: GB\n  internal_url: {base}\nhttp:\n  server_host: 127.0.0.1\n  server_port: {port}\napi:\nwebsocket_api:\nconfig:\nlogger:\n  default: info\n  logs:\n    homeassistant.helpers.entity_registry: warning\n"
+                // frequently" warning, which a user at the default level never sees. The
+                // input_boolean stands for a smart plug that only Home Assistant knows.
+                "homeassistant:\n  name: miner2mqtt test\n  latitude: 51.5\n  longitude: -0.12\n  elevation: 10\n  unit_system: metric\n  time_zone: Europe/London\n  currency: GBP\n  country: GB\n  internal_url: {base}\nhttp:\n  server_host: 127.0.0.1\n  server_port: {port}\napi:\nwebsocket_api:\nconfig:\ninput_boolean:\n  bitaxe_plug:\n    name: Bitaxe plug\nlogger:\n  default: info\n  logs:\n    homeassistant.helpers.entity_registry: warning\n"
             ),
         )
         .unwrap();

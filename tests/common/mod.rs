@@ -316,6 +316,16 @@ fn rand_id() -> u64 {
     h.finish()
 }
 
+/// A simulated miner's hardware id as the daemon derives it (its MAC, lower case, no colons).
+pub fn hwid(d: &SimDevice) -> String {
+    d.spec.mac_string().replace(':', "").to_ascii_lowercase()
+}
+
+/// The discovery topic of a miner with hardware id `hwid`.
+pub fn disco(hwid: &str) -> String {
+    format!("homeassistant/device/miner2mqtt/{hwid}/config")
+}
+
 /// A configuration pointing at `broker` with the given simulated miners.
 pub fn config_for(
     port: u16,
@@ -401,6 +411,14 @@ impl Rig {
             &self.store.path().join("h"),
             tweak,
         )
+    }
+
+    /// The retained discovery of simulated miner `i`, once it is published.
+    pub async fn discovery(&self, i: usize) -> Value {
+        self.ha
+            .wait_for(&disco(&hwid(&self.devs[i])), WAIT, |_| true)
+            .await
+            .json()
     }
 
     pub fn history_path(&self) -> PathBuf {
