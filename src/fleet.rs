@@ -38,6 +38,11 @@ pub enum FleetEvent {
 struct CommandQueue {
     queued: std::sync::Mutex<std::collections::VecDeque<(Command, Origin)>>,
     ready: tokio::sync::Notify,
+    /// Not polled: switched off at its plug on purpose. `resumed` wakes the poller when it is
+    /// switched back on. (Beside the queue rather than a watch channel: bytes, not a kilobyte,
+    /// per miner.)
+    paused: std::sync::atomic::AtomicBool,
+    resumed: tokio::sync::Notify,
 }
 
 /// At most this many different commands wait for one miner; more means it is not keeping up.
@@ -79,22 +84,24 @@ impl CommandQueue {
 #[derive(Clone)]
 pub struct MinerHandle {
     commands: std::sync::Arc<CommandQueue>,
-    /// Whether the miner is polled: not while it is switched off at its plug on purpose.
-    polling: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl MinerHandle {
     fn new() -> MinerHandle {
         MinerHandle {
             commands: Default::default(),
-            polling: std::sync::Arc::new(tokio::sync::watch::Sender::new(true)),
         }
     }
 
     /// Stops polling (the miner is off on purpose) or starts again at once.
     pub fn set_polling(&self, on: bool) {
-        self.polling
-            .send_if_modified(|p| std::mem::replace(p, on) != on);
+        let was_paused = self
+            .commands
+            .paused
+            .swap(!on, std::sync::atomic::Ordering::Relaxed);
+        if was_paused && on {
+            self.commands.resumed.notify_one();
+        }
     }
 
     /// Queues a validated, admitted command, replacing a queued one for the same property.
@@ -124,7 +131,6 @@ pub fn spawn_poller(
 ) -> MinerHandle {
     let handle = MinerHandle::new();
     let queue = handle.commands.clone();
-    let mut polling = handle.polling.subscribe();
     tracker.spawn(async move {
         // The first poll comes quickly so a starting daemon shows its fleet at once; the second
         // lands at a random phase so thousands of miners spread over the interval.
@@ -147,13 +153,13 @@ pub fn spawn_poller(
                     }
                     next = Instant::now() + if rebooting { AFTER_RESTART } else { Duration::ZERO };
                 }
-                Ok(()) = polling.changed() => {
+                _ = queue.resumed.notified() => {
                     // Switched back on: look at once, and every few seconds while it boots
                     // (the hub expects those failures), so it shows again as soon as it is up.
                     next = Instant::now();
                     booting = true;
                 }
-                _ = tokio::time::sleep_until(next), if *polling.borrow() => {
+                _ = tokio::time::sleep_until(next), if !queue.paused.load(std::sync::atomic::Ordering::Relaxed) => {
                     let event = match client.poll().await {
                         Ok(reading) => {
                             booting = false;
