@@ -121,13 +121,14 @@ impl Default for RawStore {
     }
 }
 
-/// The always-on safety settings.
+/// The always-on safety settings: the limits every command is checked against, and the
+/// thermal and hashrate watchdog.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Safety {
-    /// ASIC °C at which the watchdog steps down.
+    /// ASIC °C at which the watchdog steps the frequency down.
     pub temp_limit: f64,
-    /// ASIC °C at which the miner is overheating: safe profile and an alert.
+    /// ASIC °C at which the miner is overheating: the safe profile at once, and an alert.
     pub temp_overheat: f64,
     /// VR °C at which the miner is overheating.
     pub vr_temp_limit: f64,
@@ -135,6 +136,59 @@ pub struct Safety {
     pub min_fan_speed: u8,
     /// Allow limits above the ASIC's rated range (never above its absolute range).
     pub allow_overclock: bool,
+    /// How far the watchdog steps the frequency down at `temp_limit`, MHz.
+    pub step_mhz: u32,
+    /// After a thermal action, how long the miner must stay 5 °C below `temp_limit` before
+    /// anything may raise its frequency or voltage again.
+    #[serde(with = "humantime_serde")]
+    pub hold: Duration,
+    /// Polls in a row at zero (or exactly the same) hashrate before the watchdog restarts it.
+    pub zero_hashrate_polls: u32,
+    /// Restarts the watchdog may make per miner per hour; then it alerts and leaves it alone.
+    pub max_restarts_per_hour: u32,
+    /// After a start, how long a zero hashrate is a boot, not a fault.
+    #[serde(with = "humantime_serde")]
+    pub boot_grace: Duration,
+    /// Avalons run hotter by design (a Nano's firmware holds its chips near 85–90 °C itself).
+    pub avalon: FamilyTemps,
+    /// Antminer chip temperatures (stock firmware runs them near 70–80 °C).
+    pub antminer: FamilyTemps,
+}
+
+/// ASIC temperature thresholds for a family whose chips run hotter than ESP-Miner boards.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FamilyTemps {
+    pub temp_limit: f64,
+    pub temp_overheat: f64,
+}
+
+/// The thresholds the watchdog and the Overheating sensor use for one miner.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thermal {
+    /// ASIC °C at which the frequency (or work mode) is stepped down.
+    pub temp_limit: f64,
+    /// ASIC °C at which the miner is overheating.
+    pub temp_overheat: f64,
+    /// VR °C at which the miner is overheating.
+    pub vr_temp_limit: f64,
+}
+
+impl Safety {
+    /// The thresholds for a miner of `kind`: the family's own for Avalon and Antminer, the
+    /// top-level ones (ESP-Miner's) for the rest.
+    pub fn thermal(&self, kind: MinerKind) -> Thermal {
+        let (temp_limit, temp_overheat) = match kind {
+            MinerKind::Avalon => (self.avalon.temp_limit, self.avalon.temp_overheat),
+            MinerKind::Antminer => (self.antminer.temp_limit, self.antminer.temp_overheat),
+            MinerKind::Axeos | MinerKind::Nmminer => (self.temp_limit, self.temp_overheat),
+        };
+        Thermal {
+            temp_limit,
+            temp_overheat,
+            vr_temp_limit: self.vr_temp_limit,
+        }
+    }
 }
 
 impl Default for Safety {
@@ -145,6 +199,49 @@ impl Default for Safety {
             vr_temp_limit: 85.0,
             min_fan_speed: 20,
             allow_overclock: false,
+            step_mhz: 25,
+            hold: Duration::from_secs(600),
+            zero_hashrate_polls: 10,
+            max_restarts_per_hour: 2,
+            boot_grace: Duration::from_secs(180),
+            // The Nano 3 captures show TAvg 85 °C (target 85) and the Nano 3S TMax 95 °C
+            // (target 90) in normal running.
+            avalon: FamilyTemps {
+                temp_limit: 97.0,
+                temp_overheat: 102.0,
+            },
+            // The S19 Pro capture's hottest chip reads 78 °C in normal running.
+            antminer: FamilyTemps {
+                temp_limit: 88.0,
+                temp_overheat: 95.0,
+            },
+        }
+    }
+}
+
+/// When alerts fire and how often.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Alerts {
+    /// The least time between two alerts of one kind for one miner.
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+    /// A hashrate below this share of its own recent mean (at the same clock) is a drop.
+    pub hashrate_drop: f64,
+    /// Rejected shares above this share of all shares (over the last 50 or more) alert.
+    pub reject_rate: f64,
+    /// Efficiency (J/TH) at an unchanged clock worse than its own history by this many percent
+    /// alerts (dust, a failing fan, a tired chip).
+    pub drift_percent: f64,
+}
+
+impl Default for Alerts {
+    fn default() -> Self {
+        Alerts {
+            cooldown: Duration::from_secs(1800),
+            hashrate_drop: 0.8,
+            reject_rate: 0.05,
+            drift_percent: 15.0,
         }
     }
 }
@@ -329,6 +426,7 @@ pub struct RawConfig {
     pub log_level: String,
     pub store: RawStore,
     pub safety: Safety,
+    pub alerts: Alerts,
     pub modes: BTreeMap<String, BTreeMap<String, RawPreset>>,
     /// Pools offered for selection on firmware older than v2.15 (which has its own list) and on
     /// NMMiner devices.
@@ -355,6 +453,7 @@ impl Default for RawConfig {
             log_level: "info".into(),
             store: RawStore::default(),
             safety: Safety::default(),
+            alerts: Alerts::default(),
             modes: BTreeMap::new(),
             pools: Vec::new(),
             miners: Vec::new(),
@@ -421,6 +520,7 @@ pub struct Config {
     pub store_path: PathBuf,
     pub store_cache_bytes: u64,
     pub safety: Safety,
+    pub alerts: Alerts,
     /// ASIC model (upper case) → mode name → preset.
     pub modes: BTreeMap<String, BTreeMap<String, RawPreset>>,
     pub pools: Vec<ConfiguredPool>,
@@ -709,6 +809,15 @@ fn validate(raw: RawConfig, figment: &Figment) -> Result<Config, ConfigError> {
             "temp_limit must be below temp_overheat, and temp_overheat at most 90 °C",
         ));
     }
+    for (family, t) in [("avalon", &s.avalon), ("antminer", &s.antminer)] {
+        if !(t.temp_limit > 0.0 && t.temp_limit < t.temp_overheat && t.temp_overheat <= 110.0) {
+            return Err(invalid(
+                &format!("safety.{family}.temp_limit"),
+                &format!("{} / temp_overheat {}", t.temp_limit, t.temp_overheat),
+                "temp_limit must be below temp_overheat, and temp_overheat at most 110 °C",
+            ));
+        }
+    }
     if !(40.0..=110.0).contains(&s.vr_temp_limit) {
         return Err(invalid(
             "safety.vr_temp_limit",
@@ -721,6 +830,49 @@ fn validate(raw: RawConfig, figment: &Figment) -> Result<Config, ConfigError> {
             "safety.min_fan_speed",
             &s.min_fan_speed,
             "a percentage, 0 to 100",
+        ));
+    }
+    if !(5..=200).contains(&s.step_mhz) {
+        return Err(invalid(
+            "safety.step_mhz",
+            &s.step_mhz,
+            "use 5 to 200 MHz; 25 is one step of ESP-Miner's frequency list",
+        ));
+    }
+    if s.zero_hashrate_polls == 0 {
+        return Err(invalid(
+            "safety.zero_hashrate_polls",
+            &0,
+            "at least 1 poll (10 is five minutes at the default poll_interval)",
+        ));
+    }
+    if s.max_restarts_per_hour > 12 {
+        return Err(invalid(
+            "safety.max_restarts_per_hour",
+            &s.max_restarts_per_hour,
+            "at most 12; 0 turns the watchdog's restarts off (it still alerts)",
+        ));
+    }
+    let a = &raw.alerts;
+    if !(a.hashrate_drop > 0.0 && a.hashrate_drop < 1.0) {
+        return Err(invalid(
+            "alerts.hashrate_drop",
+            &a.hashrate_drop,
+            "a share of the recent mean between 0 and 1, e.g. 0.8 (alert below 80 %)",
+        ));
+    }
+    if !(a.reject_rate > 0.0 && a.reject_rate < 1.0) {
+        return Err(invalid(
+            "alerts.reject_rate",
+            &a.reject_rate,
+            "a share of all shares between 0 and 1, e.g. 0.05 (5 %)",
+        ));
+    }
+    if !(a.drift_percent > 0.0 && a.drift_percent <= 100.0) {
+        return Err(invalid(
+            "alerts.drift_percent",
+            &a.drift_percent,
+            "a percentage above 0, e.g. 15",
         ));
     }
 
@@ -956,6 +1108,7 @@ fn validate(raw: RawConfig, figment: &Figment) -> Result<Config, ConfigError> {
         store_path: raw.store.path,
         store_cache_bytes: raw.store.cache_capacity_mb.max(1) * 1024 * 1024,
         safety: raw.safety,
+        alerts: raw.alerts,
         modes,
         pools,
         miners,
@@ -987,6 +1140,7 @@ impl Config {
             "request_timeout": humantime::format_duration(self.request_timeout).to_string(),
             "offline_after": self.offline_after,
             "safety": self.safety,
+            "alerts": self.alerts,
             "miners": self.miners.len(),
         })
     }
@@ -996,6 +1150,18 @@ impl Config {
 #[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_example_config_in_the_repository_loads_with_the_documented_safety_values() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml"));
+        let c = load(path, true).unwrap_or_else(|e| panic!("config.yaml: {e}"));
+        assert_eq!(
+            c.safety,
+            Safety::default(),
+            "config.yaml states the defaults"
+        );
+        assert_eq!(c.alerts, Alerts::default());
+    }
     use figment::providers::Yaml;
 
     fn load_str(yaml: &str) -> Result<Config, ConfigError> {

@@ -8,8 +8,10 @@
 //!   the `cgminer` TCP client), `nmminer` (UDP broadcasts, handled by the daemon since there is
 //!   nothing to poll); [`miner::asic`] holds the per-ASIC limits.
 //! - [`safety`]: the limits every command is checked against before it can reach a miner.
-//! - [`control`]: command origins and the per-miner arbiter (a change by hand holds the strategy
-//!   off).
+//! - [`control`]: command origins and the per-miner arbiter (the watchdog's safety hold refuses
+//!   raises; a change by hand holds the strategy off), and the safety controller task that runs
+//!   the watchdog (thermal step-down, safe profile, zero-hashrate restarts) and the alert rules on
+//!   every reading.
 //! - [`power`]: smart plugs (MQTT, or Home Assistant switches over its REST API) and the task
 //!   that switches them and keeps them as wanted.
 //! - [`fleet`]: one poller task per miner, with its serialised command queue (a command-only task
@@ -20,8 +22,10 @@
 //! - [`hass`]: Home Assistant discovery payloads, state JSON and command parsing.
 //! - [`energy`]: prices (Octopus Agile, schedules, pushed), bands, the strategy and champion,
 //!   energy meters, and the controller task that runs them beside the hub.
-//! - [`daemon`]: the hub: wires the above together and owns the shutdown order; `daemon::energy`
-//!   is its side of the energy controller.
+//! - [`tuning`]: benchmark sweeps of one chip and the summary of their results.
+//! - [`daemon`]: the hub: wires the above together and owns the shutdown order; `daemon::energy`,
+//!   `daemon::power` and `daemon::watch` are its sides of the energy controller, the plugs and
+//!   the safety controller.
 //! - [`sim`]: faithful simulators of the devices (ESP-Miner over HTTP; Avalon Nano 3/3S, Mini 3,
 //!   Q and Antminer over cgminer TCP; NMMiner broadcasts over UDP; the Octopus API over HTTP;
 //!   a Tasmota plug over MQTT and Home Assistant's REST API, both powering simulated Bitaxes),
@@ -46,3 +50,4 @@ pub mod power;
 pub mod safety;
 pub mod sim;
 pub mod store;
+pub mod tuning;

@@ -30,7 +30,9 @@ fn energy(base_url: &str) -> RawEnergy {
 }
 
 /// Two Bitaxe Gammas on firmware that can pause, and the Octopus simulator at a flat 15 p/kWh
-/// answering two results per page (so discovery and rates both follow `next`).
+/// answering ten results per page (so discovery and rates both follow `next`; two days of
+/// slots, 94, fit the adapter's 20 pages — with two per page the current slot fell off the
+/// oldest end at some times of day).
 async fn rig() -> (Rig, OctopusSim) {
     let rig = Rig::start(vec![
         DeviceSpec::new(1, Firmware::V2_15, BM1370, 1),
@@ -40,7 +42,7 @@ async fn rig() -> (Rig, OctopusSim) {
     let sim = octopus::start(
         "127.0.0.1:0".parse().unwrap(),
         Curve::Flat(15.0),
-        2,
+        10,
         Box::new(Utc::now),
         rig.cancel.clone(),
     )

@@ -13,7 +13,7 @@ mod hass;
 use common::*;
 use hass::HomeAssistant;
 use miner2mqtt::demo::{self, DemoOptions};
-use miner2mqtt::sim::axeos::{DeviceSpec, Firmware, BM1370};
+use miner2mqtt::sim::axeos::{DeviceSpec, Faults, Firmware, BM1370};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -547,6 +547,36 @@ async fn the_demo_in_a_real_home_assistant() {
         (Some("ON"), Some("OFF"))
     );
     wait_until("the HA plug is off again", WAIT, plug_is("off")).await;
+    // An alert reaches HA: remove-me stops answering; its Problem sensor (available while the
+    // miner is not) turns on, with the kind as an attribute, and its Alert event entity fires
+    // `offline`.
+    let removal = discovered(&observer, "removal");
+    let (removal_ids, missing) = placed(&ha, &removal).await;
+    assert!(missing.is_empty(), "{missing:#?}");
+    let problem = entity_of(&removal, &removal_ids, "remove-me", "problem").to_string();
+    let alert = entity_of(&removal, &removal_ids, "remove-me", "alert").to_string();
+    assert_eq!(ha.state(&problem).await["state"], "off");
+    devs[1].set_faults(Faults {
+        offline: true,
+        ..Default::default()
+    });
+    wait_until(
+        "remove-me's Problem is on and its Alert fired",
+        WAIT,
+        || async {
+            let p = ha.state(&problem).await;
+            let a = ha.state(&alert).await;
+            let fired = a["attributes"]["event_type"] == "offline"
+                && a["state"].as_str().is_some_and(|t| t.starts_with("20"));
+            let listed = p["attributes"]["alerts"]
+                .as_array()
+                .is_some_and(|k| k.contains(&json!("offline")));
+            (p["state"] == "on" && listed && fired)
+                .then_some(())
+                .ok_or_else(|| format!("{p}\n{a}"))
+        },
+    )
+    .await;
     daemon.stop().await;
     let one = config_for(broker.port, &[("keep-me", &devs[0])], &history, |raw| {
         raw.mqtt.base_topic = "removal".into()

@@ -307,6 +307,34 @@ fn the_champion_is_the_most_efficient_miner_and_the_rest_are_off() {
 }
 
 #[test]
+fn a_miner_in_the_watchdogs_safety_hold_is_never_the_champion() {
+    let prices = day("2023-11-29");
+    let (from, to) = whole_day(&prices);
+    let fleet = vec![
+        Sim::new("hungry", 25.0),
+        Sim::new("best", 15.0),
+        Sim::new("middling", 18.0),
+    ];
+    let mut r = Replay::new(config(true), fleet, prices.clone());
+    // "best" runs hot all evening: the watchdog holds it.
+    r.strategy.on_safety_hold(1, true);
+    let mut champions = std::collections::BTreeSet::new();
+    let mut now = from;
+    while now < to {
+        r.run(now, now + Duration::minutes(1));
+        if let Some(c) = r.strategy.champion() {
+            champions.insert(c.to_string());
+        }
+        now += Duration::minutes(1);
+    }
+    assert_eq!(
+        champions.into_iter().collect::<Vec<_>>(),
+        ["middling"],
+        "the next most efficient"
+    );
+}
+
+#[test]
 fn a_champion_that_will_not_hash_is_replaced_after_three_failures() {
     let prices = day("2023-11-29");
     let (from, to) = whole_day(&prices);

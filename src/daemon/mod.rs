@@ -7,9 +7,12 @@
 
 pub(crate) mod energy;
 mod power;
+mod watch;
 
 use crate::config::{Config, MinerConfig, MinerKind, LOG_LEVELS};
-use crate::control::{Arbiter, HoldChange, Origin};
+use crate::control::alerts::Kind as AlertKind;
+use crate::control::task::Input as WatchInput;
+use crate::control::{Arbiter, Change, HoldChange, Origin};
 use crate::energy::task::{self as energy_task, Clock, Input as EnergyInput, Switch, SystemClock};
 use crate::fleet::{spawn_poller, FleetEvent, MinerHandle};
 use crate::hass::discovery::{self, MinerDevice};
@@ -91,6 +94,8 @@ struct Slot {
     plug: Option<power::PlugView>,
     /// Switched on at its plug and booting until then: failed polls are expected.
     boot_until: Option<Instant>,
+    /// The alert conditions holding now (its Problem sensor).
+    problems: Vec<AlertKind>,
 }
 
 impl Slot {
@@ -112,6 +117,7 @@ impl Slot {
             arbiter: Arbiter::default(),
             meter: None,
             boot_until: None,
+            problems: Vec::new(),
         }
     }
 }
@@ -160,6 +166,8 @@ struct Hub {
     power: crate::power::task::Handle,
     plug_topics: HashMap<String, Vec<usize>>,
     clock: Arc<dyn Clock>,
+    /// The watchdog and alert rules.
+    watch: crate::control::task::Handle,
 }
 
 fn payload_hash(bytes: &[u8]) -> u64 {
@@ -312,6 +320,15 @@ pub async fn run_with_clock(
         &tracker,
         pollers.clone(),
     );
+    let (watch, mut watch_rx) = crate::control::task::spawn(
+        config.safety.clone(),
+        config.alerts.clone(),
+        config.poll_interval,
+        store.clone(),
+        clock.clone(),
+        &tracker,
+        pollers.clone(),
+    );
     tracing::info!(miners = slots.len(), broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port), "miner2mqtt started");
 
     let mut hub = Hub {
@@ -351,6 +368,7 @@ pub async fn run_with_clock(
         power,
         plug_topics,
         clock,
+        watch,
     };
 
     // NMMiner telemetry arrives as broadcasts; a bind failure is reported and the rest runs on.
@@ -376,6 +394,7 @@ pub async fn run_with_clock(
             Some(datagram) = nm_rx.recv() => hub.on_broadcast(&datagram),
             Some(out) = energy_rx.recv() => hub.on_energy(out),
             Some(out) = power_rx.recv() => hub.on_power(out),
+            Some(out) = watch_rx.recv() => hub.on_watch(out),
             _ = tick.tick() => hub.on_tick(),
         }
         if hub.exit.is_some() {
@@ -419,6 +438,10 @@ impl Hub {
                     tracing::warn!(miner = %slot.config.name, failures = slot.failures, %error, "miner offline");
                     let name = slot.config.name.clone();
                     self.set_availability(miner, false);
+                    self.watch.send(WatchInput::Offline {
+                        index: miner,
+                        error: error.clone(),
+                    });
                     self.event(json!({ "type": "miner_offline", "miner": name, "error": error }));
                 }
             }
@@ -515,7 +538,8 @@ impl Hub {
                 _ => {}
             }
         }
-        if caps_changed || identity_changed {
+        let limits_changed = caps_changed || identity_changed;
+        if limits_changed {
             self.energy_info(i);
         }
         if identity_changed {
@@ -528,6 +552,7 @@ impl Hub {
                 tracing::info!(miner = %slot.config.name, "miner back online");
                 let name = slot.config.name.clone();
                 self.event(json!({ "type": "miner_online", "miner": name }));
+                self.watch.send(WatchInput::Online { index: i });
             }
             self.info_dirty = true;
             self.publish_discovery(i, false);
@@ -537,6 +562,10 @@ impl Hub {
         }
         self.publish_state(i);
         self.energy_status(i, true);
+        if limits_changed {
+            self.watch_info(i);
+        }
+        self.watch_reading(i);
         // Commands that waited for this first reading are checked and sent now, in order.
         let pending = std::mem::take(&mut self.slots[i].pending);
         if !pending.is_empty() {
@@ -761,9 +790,20 @@ impl Hub {
                 self.publish_state(i);
             }
             Ok(cmd) => {
-                let setting = crate::control::is_setting(&cmd);
-                let Some(hold) = self.admit(i, origin, setting, &cmd.describe()) else {
-                    return;
+                let change = Change {
+                    setting: crate::control::is_setting(&cmd),
+                    raises: crate::control::raises(
+                        &cmd,
+                        self.slots[i].reading.as_ref().map(|r| &r.telemetry),
+                        self.slots[i].limits.as_ref(),
+                    ),
+                };
+                let hold = match self.admit(i, origin, change, &cmd.describe()) {
+                    Ok(hold) => hold,
+                    Err(reason) => {
+                        self.not_admitted(i, name, property, &value, &reason, origin);
+                        return;
+                    }
                 };
                 match self.slots[i].handle.submit(cmd.clone(), origin) {
                     Ok(()) => {
@@ -777,27 +817,29 @@ impl Hub {
         }
     }
 
-    /// The arbiter's verdict on a change to miner `i` (`setting`: one the strategy also makes);
-    /// `None` when it may not go, a strategy's refusal reported to the controller. Without a
-    /// strategy nothing is held.
-    fn admit(&mut self, i: usize, origin: Origin, setting: bool, what: &str) -> Option<HoldChange> {
-        if !self.config.energy.has_strategy() {
-            return Some(HoldChange::None);
-        }
-        let (now, manual_hold) = (self.clock.now(), self.config.energy.manual_hold);
-        match self.slots[i]
+    /// The arbiter's verdict on a change to miner `i`: `Ok` with what it changed about the
+    /// strategy's hold, or why it may not go. The strategy is told of its own refusals. Without
+    /// a strategy a user change holds nothing.
+    fn admit(
+        &mut self,
+        i: usize,
+        origin: Origin,
+        change: Change,
+        what: &str,
+    ) -> Result<HoldChange, String> {
+        let manual_hold = if self.config.energy.has_strategy() {
+            self.config.energy.manual_hold
+        } else {
+            Duration::ZERO
+        };
+        let now = self.clock.now();
+        let verdict = self.slots[i]
             .arbiter
-            .admit(origin, setting, now, manual_hold)
-        {
-            Ok(hold) => Some(hold),
-            Err(reason) => {
-                tracing::debug!(miner = %self.slots[i].config.name, what, origin = origin.as_str(), %reason, "not admitted");
-                if origin == Origin::Strategy {
-                    self.energy.send(EnergyInput::CommandFailed { index: i });
-                }
-                None
-            }
+            .admit(origin, change, now, manual_hold);
+        if let Err(reason) = &verdict {
+            tracing::debug!(miner = %self.slots[i].config.name, what, origin = origin.as_str(), %reason, "not admitted");
         }
+        verdict
     }
 
     /// A change that went out held the strategy off: the controller and the hold sensor learn
@@ -809,6 +851,24 @@ impl Hub {
                 until: Some(until),
             });
             self.publish_state(i);
+        }
+    }
+
+    /// The arbiter said no: the user is told why (and the entity snaps back); the strategy only
+    /// learns it failed, since it would meet the same refusal at every reconciliation.
+    fn not_admitted(
+        &mut self,
+        i: usize,
+        name: &str,
+        property: &str,
+        value: &str,
+        reason: &str,
+        origin: Origin,
+    ) {
+        if origin == Origin::Strategy {
+            self.energy.send(EnergyInput::CommandFailed { index: i });
+        } else {
+            self.refuse_from(i, name, property, value, reason, origin);
         }
     }
 
@@ -1243,6 +1303,9 @@ impl Hub {
                         .or((slot.online == Some(true) && slot.reading.is_some()).then_some(true))
                 })
                 .map(|on| if on { "ON" } else { "OFF" }),
+            problem: !slot.problems.is_empty(),
+            problems: slot.problems.iter().map(|k| k.as_str()).collect(),
+            safety_hold: slot.arbiter.safety_held(),
         };
         // Off on purpose: no hashrate, no power, nothing else known.
         let off_telemetry;
@@ -1262,7 +1325,7 @@ impl Hub {
                 .as_ref()
                 .and_then(|r| r.identity.firmware.as_deref()),
             slot.limits.as_ref(),
-            &self.config.safety,
+            &self.config.safety.thermal(slot.config.kind),
             &extras,
         );
         self.mqtt

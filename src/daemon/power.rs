@@ -4,7 +4,8 @@
 //! after switching on, failed polls are expected for `BOOT_GRACE` while it boots.
 
 use super::Hub;
-use crate::control::Origin;
+use crate::control::task::Input as WatchInput;
+use crate::control::{Change, Origin};
 use crate::energy::task::Input as EnergyInput;
 use crate::hass::command;
 use crate::power::task::{Input, Output};
@@ -96,9 +97,16 @@ impl Hub {
                 return;
             }
         };
-        let Some(hold) = self.admit(i, origin, true, if on { "power on" } else { "power off" })
-        else {
-            return;
+        let change = Change {
+            setting: true,
+            raises: on,
+        };
+        let hold = match self.admit(i, origin, change, if on { "power on" } else { "power off" }) {
+            Ok(hold) => hold,
+            Err(reason) => {
+                self.not_admitted(i, name, "power", &value, &reason, origin);
+                return;
+            }
         };
         tracing::info!(miner = %name, on, origin = origin.as_str(), "switching the plug");
         self.power.send(Input::Set {
@@ -156,6 +164,7 @@ impl Hub {
                     tracing::warn!(miner = %name, "off at its plug and never read, so Home Assistant has no device for it yet: switch it on once (miner2mqtt/{name}/set/power ON) so miner2mqtt can learn what it is");
                 }
                 self.set_availability(i, true);
+                self.watch.send(WatchInput::Off { index: i });
                 self.event(json!({ "type": "miner_powered", "miner": name, "state": "off" }));
             } else {
                 tracing::info!(miner = %name, "switched on at its plug: polling again while it boots");

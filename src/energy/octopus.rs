@@ -246,8 +246,15 @@ impl Octopus {
             slots.extend(page);
             match next {
                 Some(n) => url = n,
-                None => break,
+                None => {
+                    url.clear();
+                    break;
+                }
             }
+        }
+        if !url.is_empty() {
+            // The API answers newest first: what is left unread is the oldest.
+            tracing::warn!(pages = MAX_PAGES, %url, "Octopus rates run to more pages than miner2mqtt reads; the oldest slots of the window are missing");
         }
         slots.sort_by_key(|s| s.start);
         slots.dedup_by_key(|s| s.start);

@@ -80,6 +80,9 @@ struct Track {
     rolling: Rolling,
     /// Held by the arbiter (a change by hand) until this time.
     held_until: Option<DateTime<Utc>>,
+    /// In the watchdog's safety hold: running hot, so no champion (what it is told still goes
+    /// through the arbiter, which lets only what cools it pass).
+    safety_held: bool,
     /// The last target applied.
     applied: Option<Want>,
     /// The pool a band's `pool:` last selected on it.
@@ -219,6 +222,11 @@ impl Strategy {
     pub fn on_hold(&mut self, index: usize, until: Option<DateTime<Utc>>) {
         let t = self.track(index);
         t.held_until = until;
+    }
+
+    /// The watchdog's safety hold on a miner started or ended.
+    pub fn on_safety_hold(&mut self, index: usize, held: bool) {
+        self.track(index).safety_held = held;
     }
 
     /// A strategy command to a miner failed (refused or the device said no).
@@ -515,6 +523,7 @@ impl Strategy {
                     && t.info.as_ref().is_some_and(|i| !i.modes.is_empty())
                     // A miner held by hand is the user's, not a candidate.
                     && t.held_until.is_none_or(|u| u <= now)
+                    && !t.safety_held
                     && !self.failed_champions.contains(&index)
             };
             if !eligible {

@@ -76,6 +76,8 @@ pub enum Input {
         index: usize,
         until: Option<DateTime<Utc>>,
     },
+    /// The watchdog's safety hold on a miner started or ended.
+    SafetyHold { index: usize, held: bool },
     /// A command the strategy sent was refused or failed.
     CommandFailed { index: usize },
     /// Prices fetched by the price source or pushed to `bridge/prices/set`.
@@ -128,25 +130,16 @@ pub enum Output {
 /// The sending side, for the hub.
 #[derive(Clone)]
 pub struct Handle {
-    tx: mpsc::Sender<Input>,
+    inbox: crate::control::Inbox<Input>,
 }
 
 impl Handle {
     /// Hands something to the controller; when it is busy a reading may be dropped (the next
-    /// one carries the same news), never a command result or a switch.
+    /// one carries the same news), nothing else.
     pub fn send(&self, input: Input) {
         match input {
-            Input::Status(_) => {
-                let _ = self.tx.try_send(input);
-            }
-            other => {
-                let tx = self.tx.clone();
-                if let Err(mpsc::error::TrySendError::Full(other)) = tx.try_send(other) {
-                    tokio::spawn(async move {
-                        let _ = tx.send(other).await;
-                    });
-                }
-            }
+            Input::Status(_) => self.inbox.offer(input),
+            other => self.inbox.deliver(other),
         }
     }
 }
@@ -328,7 +321,9 @@ pub fn spawn(
 ) -> (Handle, mpsc::Receiver<Output>) {
     let (tx, mut rx) = mpsc::channel::<Input>(8192);
     let (out, out_rx) = mpsc::channel::<Output>(8192);
-    let handle = Handle { tx: tx.clone() };
+    let handle = Handle {
+        inbox: crate::control::Inbox::new(tx.clone()),
+    };
     let source_label = match &config.source {
         None => "none configured".into(),
         Some(Source::Octopus {
@@ -421,6 +416,7 @@ pub fn spawn(
                             }
                         }
                         Input::Hold { index, until } => c.strategy.on_hold(index, until),
+                        Input::SafetyHold { index, held } => c.strategy.on_safety_hold(index, held),
                         Input::CommandFailed { index } => {
                             let actions = c.strategy.on_command_failed(index, now);
                             c.actions(actions, now).await;

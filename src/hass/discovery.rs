@@ -102,6 +102,11 @@ pub struct BinarySensorPart {
     pub device_class: Option<&'static str>,
 }
 
+#[derive(Debug, Clone, Serialize)]
+pub struct EventPart {
+    pub event_types: Vec<&'static str>,
+}
+
 /// A component: the base and its platform's fields, flattened into one object.
 #[derive(Debug, Clone, Serialize)]
 pub struct Component<P: Serialize> {
@@ -394,6 +399,60 @@ pub fn miner_discovery(topics: &Topics, m: &MinerDevice<'_>) -> (String, Value) 
         );
     }
 
+    // Alerts and problems stay visible while the miner is offline (offline is one of them):
+    // these are available whenever the bridge is.
+    let bridge_only = || {
+        BTreeMap::from([
+            ("availability", json!([{ "topic": topics.bridge_state() }])),
+            ("availability_mode", Value::from("all")),
+        ])
+    };
+    {
+        let mut base = b.base("binary_sensor", "problem", "Problem");
+        base.value_template = Some("{{ 'ON' if value_json.problem else 'OFF' }}".into());
+        let mut extra = bridge_only();
+        extra.insert("json_attributes_topic", topics.state(m.name).into());
+        extra.insert(
+            "json_attributes_template",
+            "{{ {'alerts': value_json.problems} | tojson }}".into(),
+        );
+        let part = BinarySensorPart {
+            payload_on: "ON",
+            payload_off: "OFF",
+            expire_after: None,
+            device_class: Some("problem"),
+        };
+        b.add_with("problem", base, part, extra);
+    }
+    {
+        let mut base = b.base("binary_sensor", "safety_hold", "Safety hold");
+        base.icon = Some("mdi:shield-alert-outline");
+        base.entity_category = Some("diagnostic");
+        base.value_template = Some("{{ 'ON' if value_json.safety_hold else 'OFF' }}".into());
+        let part = BinarySensorPart {
+            payload_on: "ON",
+            payload_off: "OFF",
+            expire_after: b.expire_after,
+            device_class: None,
+        };
+        b.add("safety_hold", base, part);
+    }
+    {
+        // Fires once per alert (`{"event_type": "overheating", "message": …}`), for automations.
+        let mut base = b.base("event", "alert", "Alert");
+        base.icon = Some("mdi:alert-outline");
+        base.value_template = None;
+        let mut extra = bridge_only();
+        extra.insert("state_topic", topics.alert(m.name).into());
+        let part = EventPart {
+            event_types: crate::control::alerts::Kind::ALL
+                .iter()
+                .map(|k| k.as_str())
+                .collect(),
+        };
+        b.add_with("alert", base, part, extra);
+    }
+
     let l = m.limits;
     if let Some(r) = &l.frequency_mhz {
         let (class, icon) = (Some("frequency"), Some("mdi:sine-wave"));
@@ -476,11 +535,7 @@ pub fn miner_discovery(topics: &Topics, m: &MinerDevice<'_>) -> (String, Value) 
         base.icon = Some("mdi:power-plug");
         base.value_template = Some("{{ value_json.plug_power }}".into());
         let part = SwitchPart::on_off(topics.set(m.name, "power"));
-        let extra = BTreeMap::from([
-            ("availability", json!([{ "topic": topics.bridge_state() }])),
-            ("availability_mode", Value::from("all")),
-        ]);
-        b.add_with("power_switch", base, part, extra);
+        b.add_with("power_switch", base, part, bridge_only());
     }
     if l.restart {
         let mut base = b.base("button", "restart", "Restart");

@@ -69,6 +69,10 @@ impl Topics {
     pub fn state(&self, miner: &str) -> String {
         format!("{}/{miner}/state", self.base)
     }
+    /// A miner's alerts, for its event entity (not retained: an alert happens once).
+    pub fn alert(&self, miner: &str) -> String {
+        format!("{}/{miner}/alert", self.base)
+    }
     pub fn set(&self, miner: &str, property: &str) -> String {
         format!("{}/{miner}/set/{property}", self.base)
     }

@@ -1,7 +1,7 @@
 //! The JSON published on `<base>/<miner>/state`: the telemetry plus what the daemon derives
 //! (efficiency, the mode the clock matches, overheating). Every key is always present.
 
-use crate::config::Safety;
+use crate::config::{Safety, Thermal};
 use crate::miner::Telemetry;
 use crate::safety::Limits;
 use serde_json::Value;
@@ -30,13 +30,19 @@ pub struct Extras {
     pub strategy_hold: Option<String>,
     /// Its smart plug: `ON` or `OFF` (null without a plug, or before it is known).
     pub plug_power: Option<&'static str>,
+    /// Whether any alert condition holds (the Problem sensor), and which (`overheating`,
+    /// `offline`, `hashrate_drop`, `reject_rate`, `watchdog`, `drift`).
+    pub problem: bool,
+    pub problems: Vec<&'static str>,
+    /// Whether the watchdog holds it: nothing may raise its frequency, voltage or mode.
+    pub safety_hold: bool,
 }
 
 fn body<'a>(
     t: &'a Telemetry,
     firmware: Option<&'a str>,
     limits: Option<&'a Limits>,
-    safety: &Safety,
+    thermal: &Thermal,
     extras: &'a Extras,
 ) -> StateBody<'a> {
     let round = |v: Option<f64>, digits: i32| {
@@ -49,7 +55,7 @@ fn body<'a>(
         telemetry: t,
         efficiency: round(t.efficiency_j_per_th(), 2),
         mode: mode(t, limits),
-        overheating: overheating(t, safety),
+        overheating: overheating(t, thermal),
         firmware,
         extras,
     }
@@ -61,12 +67,12 @@ pub fn state_payload(
     telemetry: Option<&Telemetry>,
     firmware: Option<&str>,
     limits: Option<&Limits>,
-    safety: &Safety,
+    thermal: &Thermal,
     extras: &Extras,
 ) -> String {
     let empty = Telemetry::default();
     let t = telemetry.unwrap_or(&empty);
-    serde_json::to_string(&body(t, firmware, limits, safety, extras)).unwrap_or_default()
+    serde_json::to_string(&body(t, firmware, limits, thermal, extras)).unwrap_or_default()
 }
 
 /// Builds the state JSON. `telemetry` is `None` before the first successful poll, in which case
@@ -82,7 +88,7 @@ pub fn state_json(
         telemetry,
         firmware,
         limits,
-        safety,
+        &safety.thermal(crate::config::MinerKind::Axeos),
         &Extras::default(),
     ))
     .unwrap_or_default()
@@ -97,9 +103,9 @@ pub fn mode<'a>(t: &'a Telemetry, limits: Option<&'a Limits>) -> Option<&'a str>
 }
 
 /// Overheating by our thresholds or the firmware's own trip; `None` when nothing is known.
-pub fn overheating(t: &Telemetry, safety: &Safety) -> Option<bool> {
-    let asic = t.asic_temp.map(|c| c >= safety.temp_overheat);
-    let vr = t.vr_temp.map(|c| c >= safety.vr_temp_limit);
+pub fn overheating(t: &Telemetry, thermal: &Thermal) -> Option<bool> {
+    let asic = t.asic_temp.map(|c| c >= thermal.temp_overheat);
+    let vr = t.vr_temp.map(|c| c >= thermal.vr_temp_limit);
     let fw = t.firmware_overheat;
     match (asic, vr, fw) {
         (None, None, None) => None,
@@ -140,7 +146,7 @@ mod tests {
 
     #[test]
     fn overheating_by_threshold_or_firmware() {
-        let s = Safety::default();
+        let s = Safety::default().thermal(crate::config::MinerKind::Axeos);
         let mut t = Telemetry {
             asic_temp: Some(60.0),
             ..Default::default()

@@ -164,6 +164,8 @@ pub struct DeviceSpec {
     pub mac: [u8; 6],
     pub hostname: String,
     pub ambient_c: f64,
+    /// How quickly the chip's temperature follows its power and fan (time constant, s).
+    pub thermal_tau_s: f64,
     /// How long a restart keeps the device unreachable.
     pub restart_time: Duration,
     /// NerdQaxe OTP: PATCH needs a valid `X-TOTP` header.
@@ -185,6 +187,7 @@ impl DeviceSpec {
             mac: [0x02, 0x5a, b[0], b[1], b[2], b[3]],
             hostname: format!("sim-{}-{n}", chip.model.to_ascii_lowercase()),
             ambient_c: 24.0,
+            thermal_tau_s: 20.0,
             restart_time: Duration::from_secs(3),
             totp_secret: None,
         }
@@ -247,6 +250,11 @@ struct Device {
     restarting_until: Option<Instant>,
     overheat: bool,
     paused: bool,
+    /// Hashing has stopped while the device answers on (a frozen ASIC chain); a restart
+    /// clears it unless `stall_persists`.
+    stalled: bool,
+    stall_persists: bool,
+    restarts: u64,
     /// Its mains power is off (a smart plug): no answer, no draw.
     unpowered: bool,
     pools: Vec<Pool>,
@@ -289,6 +297,9 @@ impl Device {
             restarting_until: None,
             overheat: false,
             paused: false,
+            stalled: false,
+            stall_persists: false,
+            restarts: 0,
             unpowered: false,
             pools: vec![
                 Pool {
@@ -317,8 +328,9 @@ impl Device {
 
     /// Puts temperature and fan at their steady state for the current settings.
     fn settle(&mut self) {
-        for _ in 0..200 {
-            self.step(5.0);
+        let step = self.max_step().min(5.0);
+        for _ in 0..(1000.0 / step) as usize {
+            self.step(step);
         }
         self.best_session = 0.0;
         self.shares_accepted = 0;
@@ -336,18 +348,27 @@ impl Device {
                 self.booted = now;
                 self.overheat = false;
                 self.paused = false;
+                self.stalled &= self.stall_persists;
+                self.restarts += 1;
                 self.best_session = 0.0;
                 self.shares_accepted = 0;
                 self.shares_rejected = 0;
             }
         }
-        // Integrate in steps of at most 1 s so the lag stays stable.
+        // Integrate in steps of at most 1 s (and a quarter of the thermal lag) so the fan loop
+        // and the lag stay stable.
         let mut left = dt;
+        let max_step = self.max_step();
         while left > 0.0 {
-            let step = left.min(1.0);
+            let step = left.min(max_step);
             self.step(step);
             left -= step;
         }
+    }
+
+    /// The longest integration step that keeps the thermal loop stable, s.
+    fn max_step(&self) -> f64 {
+        (self.spec.thermal_tau_s / 4.0).clamp(0.05, 1.0)
     }
 
     fn step(&mut self, dt: f64) {
@@ -355,8 +376,11 @@ impl Device {
         let n = self.spec.chips as f64;
         let f = self.frequency as f64;
         let v = self.core_voltage as f64;
-        let hashing =
-            !self.overheat && !self.paused && !self.unpowered && self.restarting_until.is_none();
+        let hashing = !self.overheat
+            && !self.paused
+            && !self.stalled
+            && !self.unpowered
+            && self.restarting_until.is_none();
         self.error_rate = c.error_rate(f, v);
         let nominal = f * c.small_cores as f64 * n / 1000.0;
         let noise = 1.0 + rand::rng().random_range(-0.02..0.02);
@@ -382,7 +406,7 @@ impl Device {
         // °C per W falls as the fan spins up; more chips spread the heat.
         let resistance = 0.9 / (0.2 + 0.8 * self.fan / 100.0) / n.sqrt();
         let target = self.spec.ambient_c + self.power * resistance;
-        let k = 1.0 - (-dt / 20.0f64).exp();
+        let k = 1.0 - (-dt / self.spec.thermal_tau_s.max(0.1)).exp();
         self.temp += (target - self.temp) * k;
         self.vr_temp +=
             (self.spec.ambient_c + 6.0 + self.power * resistance * 1.15 - self.vr_temp) * k;
@@ -800,6 +824,8 @@ pub struct Snapshot {
     pub hashrate: f64,
     pub paused: bool,
     pub overheat: bool,
+    /// Restarts completed since it started.
+    pub restarts: u64,
     pub primary_pool: i64,
     pub patches: Vec<Value>,
     pub requests: u64,
@@ -840,6 +866,7 @@ impl SimDevice {
             hashrate: d.hashrate,
             paused: d.paused,
             overheat: d.overheat,
+            restarts: d.restarts,
             primary_pool: d.primary,
             patches: d.patches.clone(),
             requests: d.requests,
@@ -853,7 +880,6 @@ impl SimDevice {
         d.info()
     }
 
-    /// Forces the ASIC temperature (to exercise overheating without waiting for physics).
     /// Mains power from a smart plug: off drops every connection and answers nothing; on
     /// boots the device (unreachable for its restart time), keeping its settings as a real
     /// one keeps them in flash.
@@ -880,9 +906,26 @@ impl SimDevice {
         !self.shared.device.lock().unwrap().unpowered
     }
 
+    /// Forces the ASIC temperature (to exercise overheating without waiting for physics).
     pub fn set_temperature(&self, celsius: f64) {
         let mut d = self.shared.device.lock().unwrap();
         d.temp = celsius;
+    }
+
+    /// The room warms or cools: the chip's temperature follows with its thermal lag.
+    pub fn set_ambient(&self, celsius: f64) {
+        let mut d = self.shared.device.lock().unwrap();
+        d.advance();
+        d.spec.ambient_c = celsius;
+    }
+
+    /// Hashing stops while the device goes on answering (hashrate 0), as a frozen ASIC chain
+    /// does; a restart cures it unless `survives_restart`.
+    pub fn stall(&self, survives_restart: bool) {
+        let mut d = self.shared.device.lock().unwrap();
+        d.advance();
+        d.stalled = true;
+        d.stall_persists = survives_restart;
     }
 }
 

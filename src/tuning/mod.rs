@@ -1,0 +1,6 @@
+//! Tuning: benchmark sweeps that find each chip's own best clocks.
+//!
+//! - [`sweep`]: the sweep of one chip (step up while it passes, more voltage on a fail),
+//!   synchronous and clock-free, and the summary of what it found.
+
+pub mod sweep;
