@@ -427,6 +427,8 @@ pub struct RawConfig {
     pub store: RawStore,
     pub safety: Safety,
     pub alerts: Alerts,
+    /// How benchmark sweeps run.
+    pub benchmark: crate::tuning::sweep::SweepConfig,
     pub modes: BTreeMap<String, BTreeMap<String, RawPreset>>,
     /// Pools offered for selection on firmware older than v2.15 (which has its own list) and on
     /// NMMiner devices.
@@ -454,6 +456,7 @@ impl Default for RawConfig {
             store: RawStore::default(),
             safety: Safety::default(),
             alerts: Alerts::default(),
+            benchmark: Default::default(),
             modes: BTreeMap::new(),
             pools: Vec::new(),
             miners: Vec::new(),
@@ -521,6 +524,7 @@ pub struct Config {
     pub store_cache_bytes: u64,
     pub safety: Safety,
     pub alerts: Alerts,
+    pub benchmark: crate::tuning::sweep::SweepConfig,
     /// ASIC model (upper case) → mode name → preset.
     pub modes: BTreeMap<String, BTreeMap<String, RawPreset>>,
     pub pools: Vec<ConfiguredPool>,
@@ -853,6 +857,32 @@ fn validate(raw: RawConfig, figment: &Figment) -> Result<Config, ConfigError> {
             "at most 12; 0 turns the watchdog's restarts off (it still alerts)",
         ));
     }
+    let b = &raw.benchmark;
+    if !(1..=200).contains(&b.frequency_step) || !(1..=100).contains(&b.voltage_step) {
+        return Err(invalid(
+            "benchmark.frequency_step",
+            &format!("{} / voltage_step {}", b.frequency_step, b.voltage_step),
+            "use 1 to 200 MHz and 1 to 100 mV (25 and 20 are the usual steps)",
+        ));
+    }
+    if b.window.is_zero() || b.sample_every.is_zero() || b.sample_every > b.window {
+        return Err(invalid(
+            "benchmark.window",
+            &format!(
+                "{} / sample_every {}",
+                humantime::format_duration(b.window),
+                humantime::format_duration(b.sample_every)
+            ),
+            "the window must be longer than sample_every, both above zero (600s and 15s are usual)",
+        ));
+    }
+    if !(b.pass_ratio > 0.5 && b.pass_ratio <= 1.0) {
+        return Err(invalid(
+            "benchmark.pass_ratio",
+            &b.pass_ratio,
+            "a share of the expected hashrate between 0.5 and 1, e.g. 0.94",
+        ));
+    }
     let a = &raw.alerts;
     if !(a.hashrate_drop > 0.0 && a.hashrate_drop < 1.0) {
         return Err(invalid(
@@ -1109,6 +1139,7 @@ fn validate(raw: RawConfig, figment: &Figment) -> Result<Config, ConfigError> {
         store_cache_bytes: raw.store.cache_capacity_mb.max(1) * 1024 * 1024,
         safety: raw.safety,
         alerts: raw.alerts,
+        benchmark: raw.benchmark,
         modes,
         pools,
         miners,
@@ -1161,6 +1192,7 @@ mod tests {
             "config.yaml states the defaults"
         );
         assert_eq!(c.alerts, Alerts::default());
+        assert_eq!(c.benchmark, crate::tuning::sweep::SweepConfig::default());
     }
     use figment::providers::Yaml;
 

@@ -43,6 +43,8 @@ struct CommandQueue {
     /// per miner.)
     paused: std::sync::atomic::AtomicBool,
     resumed: tokio::sync::Notify,
+    /// While a benchmark samples it: read this often (ms) instead of every poll interval.
+    fast_ms: std::sync::atomic::AtomicU64,
 }
 
 /// At most this many different commands wait for one miner; more means it is not keeping up.
@@ -102,6 +104,14 @@ impl MinerHandle {
         if was_paused && on {
             self.commands.resumed.notify_one();
         }
+    }
+
+    /// Reads the miner every `every` (a benchmark sampling it), or at the poll interval again.
+    pub fn set_fast_poll(&self, every: Option<Duration>) {
+        let ms = every.map_or(0, |d| d.as_millis().max(1) as u64);
+        self.commands
+            .fast_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Queues a validated, admitted command, replacing a queued one for the same property.
@@ -174,8 +184,11 @@ pub fn spawn_poller(
                     if events.send(event).await.is_err() {
                         break;
                     }
+                    let fast = queue.fast_ms.load(std::sync::atomic::Ordering::Relaxed);
                     let step = if booting {
                         BOOT_POLL.min(interval)
+                    } else if fast > 0 {
+                        Duration::from_millis(fast).min(interval)
                     } else if spread {
                         spread = false;
                         interval.mul_f64(0.5 + rand::rng().random::<f64>())

@@ -22,10 +22,11 @@
 //! - [`hass`]: Home Assistant discovery payloads, state JSON and command parsing.
 //! - [`energy`]: prices (Octopus Agile, schedules, pushed), bands, the strategy and champion,
 //!   energy meters, and the controller task that runs them beside the hub.
-//! - [`tuning`]: benchmark sweeps of one chip and the summary of their results.
+//! - [`tuning`]: benchmark sweeps of one chip (step up while it passes, more voltage on a fail),
+//!   the summary of their results, and the controller task that runs them beside the hub.
 //! - [`daemon`]: the hub: wires the above together and owns the shutdown order; `daemon::energy`,
-//!   `daemon::power` and `daemon::watch` are its sides of the energy controller, the plugs and
-//!   the safety controller.
+//!   `daemon::power`, `daemon::watch` and `daemon::tuning` are its sides of the energy
+//!   controller, the plugs, the safety controller and the benchmark controller.
 //! - [`sim`]: faithful simulators of the devices (ESP-Miner over HTTP; Avalon Nano 3/3S, Mini 3,
 //!   Q and Antminer over cgminer TCP; NMMiner broadcasts over UDP; the Octopus API over HTTP;
 //!   a Tasmota plug over MQTT and Home Assistant's REST API, both powering simulated Bitaxes),

@@ -180,6 +180,36 @@ impl Limits {
         (limits, warnings)
     }
 
+    /// A benchmark's results become the chip's own modes: `eco` its most efficient passing
+    /// clock, `turbo` its fastest (each only where it fits the limits; `standard` stays the
+    /// factory default and the presets stay the fallback).
+    pub fn learn(&mut self, eco: Option<ClockConfig>, turbo: Option<ClockConfig>) {
+        let fits = |c: &ClockConfig| {
+            self.frequency_mhz
+                .as_ref()
+                .is_some_and(|r| r.contains(&c.frequency_mhz))
+                && self
+                    .core_voltage_mv
+                    .as_ref()
+                    .is_some_and(|r| r.contains(&c.core_voltage_mv))
+        };
+        let learned: Vec<(&str, ClockConfig)> = [("eco", eco), ("turbo", turbo)]
+            .into_iter()
+            .filter_map(|(n, c)| c.filter(|c| fits(c)).map(|c| (n, c)))
+            .collect();
+        for (name, clock) in learned {
+            match self.modes.iter_mut().find(|(n, _)| n == name) {
+                Some((_, target @ ModeTarget::Clock(_))) => *target = ModeTarget::Clock(clock),
+                Some(_) => {}
+                // Its preset did not fit the limits: the learned one does.
+                None if name == "eco" => self
+                    .modes
+                    .insert(0, (name.into(), ModeTarget::Clock(clock))),
+                None => self.modes.push((name.into(), ModeTarget::Clock(clock))),
+            }
+        }
+    }
+
     /// The mode whose preset matches the clock now, if any.
     pub fn mode_of(&self, clock: Option<ClockConfig>) -> Option<&str> {
         let clock = ModeTarget::Clock(clock?);
@@ -374,6 +404,40 @@ mod tests {
         assert!(l.check(&Command::SetFrequency(440)).is_err());
         // eco (400 MHz) no longer fits, so it is not offered.
         assert!(!l.modes.iter().any(|m| m.0 == "eco"));
+    }
+
+    #[test]
+    fn a_benchmark_teaches_eco_and_turbo_within_the_limits() {
+        let (mut l, _) = Limits::resolve(
+            &config(false),
+            &miner(Default::default()),
+            Some("BM1370"),
+            &caps(),
+        );
+        let clock = |f, v| ClockConfig {
+            frequency_mhz: f,
+            core_voltage_mv: v,
+        };
+        l.learn(Some(clock(500, 1060)), Some(clock(900, 1300)));
+        let target = |n: &str| l.modes.iter().find(|m| m.0 == n).unwrap().1;
+        assert_eq!(target("eco"), ModeTarget::Clock(clock(500, 1060)));
+        // 900 MHz is outside the rated range: turbo keeps its preset.
+        assert_eq!(target("turbo"), ModeTarget::Clock(clock(600, 1200)));
+        assert_eq!(target("standard"), ModeTarget::Clock(clock(525, 1150)));
+        assert_eq!(l.mode_of(Some(clock(500, 1060))), Some("eco"));
+        // Limits too narrow for the eco preset: the learned eco is offered all the same.
+        let over = LimitOverrides {
+            frequency: Some(Bounds { min: 500, max: 600 }),
+            core_voltage: None,
+        };
+        let (mut narrow, _) =
+            Limits::resolve(&config(false), &miner(over), Some("BM1370"), &caps());
+        assert!(!narrow.modes.iter().any(|m| m.0 == "eco"));
+        narrow.learn(Some(clock(500, 1060)), None);
+        assert_eq!(
+            narrow.modes[0],
+            ("eco".to_string(), ModeTarget::Clock(clock(500, 1060)))
+        );
     }
 
     #[test]

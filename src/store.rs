@@ -5,7 +5,9 @@
 //! out once; `samples` is keyed `[miner u32 BE][timestamp ms u64 BE]` so one miner's window is
 //! one ordered range scan; values are compact postcard records. `names` remembers which hardware
 //! id each configured name had, so discovery of removed miners can be cleared after a restart.
-//! `prices` keeps price slots, `energy` each miner's energy meter, `settings` run-time switches.
+//! `prices` keeps price slots, `energy` each miner's energy meter, `settings` run-time switches,
+//! `decisions` what the strategy and the watchdog decided, `tuning` each miner's sweep under way
+//! (so a restart can put its settings back) and its last sweep's results.
 
 use crate::energy::meter::MeterRecord;
 use crate::energy::prices::{PriceSlot, SlotKind};
@@ -88,8 +90,12 @@ pub struct Store {
     energy: sled::Tree,
     /// Small settings the user changes at run time (the strategy's switches).
     settings: sled::Tree,
-    /// The strategy's decisions (band and champion changes), by time.
+    /// The strategy's and the watchdog's decisions (band and champion changes, thermal actions,
+    /// alerts), by time.
     decisions: sled::Tree,
+    /// `running/<hwid>`: the clock to restore for a sweep under way; `result/<hwid>`: the last
+    /// sweep's summary.
+    tuning: sled::Tree,
 }
 
 /// A stored price slot.
@@ -138,6 +144,7 @@ impl Store {
             energy: tree("energy")?,
             settings: tree("settings")?,
             decisions: tree("decisions")?,
+            tuning: tree("tuning")?,
             db,
         })
     }
@@ -369,6 +376,51 @@ impl Store {
             .filter_map(Result::ok)
             .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
             .collect()
+    }
+
+    /// A sweep starts on the miner: the clock to put back whatever happens, written to disk at
+    /// once (a kill must not lose it).
+    pub fn begin_sweep(&self, hardware_id: &str, previous: ClockConfig) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(&previous).map_err(|e| self.io(e))?;
+        self.tuning
+            .insert(format!("running/{hardware_id}"), bytes)
+            .map_err(|e| self.io(e))?;
+        self.tuning.flush().map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// The clock to put back on a miner whose sweep did not end (the daemon stopped under it).
+    pub fn sweep_under_way(&self, hardware_id: &str) -> Option<ClockConfig> {
+        let v = self.tuning.get(format!("running/{hardware_id}")).ok()??;
+        serde_json::from_slice(&v).ok()
+    }
+
+    /// The miner is back on known-good settings.
+    pub fn end_sweep(&self, hardware_id: &str) -> Result<(), StoreError> {
+        self.tuning
+            .remove(format!("running/{hardware_id}"))
+            .map_err(|e| self.io(e))?;
+        self.tuning.flush().map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// Keeps a sweep's summary as the miner's latest.
+    pub fn save_sweep_result(
+        &self,
+        hardware_id: &str,
+        summary: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(summary).map_err(|e| self.io(e))?;
+        self.tuning
+            .insert(format!("result/{hardware_id}"), bytes)
+            .map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// The miner's latest sweep summary.
+    pub fn sweep_result(&self, hardware_id: &str) -> Option<serde_json::Value> {
+        let v = self.tuning.get(format!("result/{hardware_id}")).ok()??;
+        serde_json::from_slice(&v).ok()
     }
 
     /// Writes everything to disk; called on shutdown.

@@ -436,6 +436,41 @@ async fn the_demo_in_a_real_home_assistant() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(numeric(&ha.state(&frequency).await), Some(600.0));
 
+    // Start benchmark pressed in HA starts a sweep; its progress sensor shows a number; Stop
+    // benchmark ends it with the progress at 100 and the miner's own settings back.
+    let start = entity_of(&components, &ids, "bitaxe-gamma-215", "benchmark_start").to_string();
+    let stop = entity_of(&components, &ids, "bitaxe-gamma-215", "benchmark_stop").to_string();
+    let progress =
+        entity_of(&components, &ids, "bitaxe-gamma-215", "benchmark_progress").to_string();
+    let pressed = Instant::now();
+    let (status, body) = ha
+        .call("button", "press", json!({ "entity_id": start }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    observer
+        .wait_after(pressed, "miner2mqtt/bridge/event", WAIT, |m| {
+            m.json()["type"] == "benchmark_started"
+        })
+        .await;
+    wait_until("the benchmark's progress in HA", WAIT, || async {
+        let p = ha.state(&progress).await;
+        (numeric(&p).is_some() && p["attributes"]["status"] == "running")
+            .then_some(())
+            .ok_or_else(|| format!("{p}"))
+    })
+    .await;
+    let (status, body) = ha
+        .call("button", "press", json!({ "entity_id": stop }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_until("the benchmark stopped, in HA", WAIT, || async {
+        let p = ha.state(&progress).await;
+        (numeric(&p) == Some(100.0) && p["attributes"]["status"] == "finished")
+            .then_some(())
+            .ok_or_else(|| format!("{p}"))
+    })
+    .await;
+
     assert_clean_log(&ha, "while the demo ran");
 
     // HA restarts: its birth message brings state back at once (polls are a minute apart).

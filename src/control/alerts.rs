@@ -5,7 +5,6 @@
 
 use super::Reading;
 use crate::config::{Alerts as AlertConfig, Safety, Thermal};
-use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 /// The kinds of alert, as Home Assistant's event entity lists them (`event_types`).
@@ -71,23 +70,33 @@ type Setting = (Option<(u32, u32)>, Option<usize>);
 
 #[derive(Debug, Default)]
 struct MinerAlerts {
-    /// Conditions holding now.
-    active: Vec<Kind>,
-    last_fired: HashMap<Kind, Instant>,
+    /// Conditions holding now, one bit per `Kind` (a few bytes per miner at 10,000 miners).
+    active: u8,
+    last_fired: [Option<Instant>; Kind::ALL.len()],
     /// The clock the hashrate mean belongs to.
     mean_clock: Option<Setting>,
     mean: f64,
     mean_n: u32,
-    /// (accepted, rejected) of recent readings, oldest first.
-    shares: VecDeque<(u64, u64)>,
-    efficiency: HashMap<(u32, u32), Efficiency>,
+    /// The share counters last seen, and the accepted and rejected shares since, each decayed
+    /// by e^(−shares/100): a window of about the last hundred shares in four numbers.
+    last_shares: Option<(u64, u64)>,
+    window: (f64, f64),
+    /// Per clock (frequency, core voltage) the miner has run at.
+    efficiency: Vec<((u32, u32), Efficiency)>,
+}
+
+impl Kind {
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
 }
 
 /// The alert rules for the whole fleet.
 pub struct AlertRules {
     config: AlertConfig,
     safety: Safety,
-    miners: HashMap<usize, MinerAlerts>,
+    /// By miner index.
+    miners: Vec<MinerAlerts>,
 }
 
 impl AlertRules {
@@ -95,16 +104,24 @@ impl AlertRules {
         AlertRules {
             config,
             safety,
-            miners: HashMap::new(),
+            miners: Vec::new(),
         }
+    }
+
+    fn miner(&mut self, index: usize) -> &mut MinerAlerts {
+        if self.miners.len() <= index {
+            self.miners.resize_with(index + 1, MinerAlerts::default);
+        }
+        &mut self.miners[index]
     }
 
     /// The conditions holding for miner `index`, in `Kind` order.
     pub fn active(&self, index: usize) -> Vec<Kind> {
-        self.miners
-            .get(&index)
-            .map(|m| m.active.clone())
-            .unwrap_or_default()
+        let active = self.miners.get(index).map_or(0, |m| m.active);
+        Kind::ALL
+            .into_iter()
+            .filter(|k| active & k.bit() != 0)
+            .collect()
     }
 
     /// Sets whether `kind` holds for miner `index`; an alert fires with `message` when it
@@ -119,26 +136,18 @@ impl AlertRules {
         now: Instant,
     ) -> (bool, Option<Fired>) {
         let cooldown = self.config.cooldown;
-        let m = self.miners.entry(index).or_default();
-        let was = m.active.contains(&kind);
+        let m = self.miner(index);
+        let was = m.active & kind.bit() != 0;
         if !holds {
-            if was {
-                m.active.retain(|k| *k != kind);
-            }
+            m.active &= !kind.bit();
             return (was, None);
         }
-        if !was {
-            m.active.push(kind);
-            m.active.sort();
-        }
-        let due = m
-            .last_fired
-            .get(&kind)
-            .is_none_or(|t| now.duration_since(*t) >= cooldown);
+        m.active |= kind.bit();
+        let due = m.last_fired[kind as usize].is_none_or(|t| now.duration_since(t) >= cooldown);
         // A condition that holds on fires again only after the cooldown; one that starts again
         // within the cooldown is not told twice either.
         let fired = due.then(|| {
-            m.last_fired.insert(kind, now);
+            m.last_fired[kind as usize] = Some(now);
             Fired {
                 kind,
                 message: message(),
@@ -157,13 +166,10 @@ impl AlertRules {
         now: Instant,
     ) -> Option<Fired> {
         let cooldown = self.config.cooldown;
-        let m = self.miners.entry(index).or_default();
-        let due = m
-            .last_fired
-            .get(&kind)
-            .is_none_or(|t| now.duration_since(*t) >= cooldown);
+        let m = self.miner(index);
+        let due = m.last_fired[kind as usize].is_none_or(|t| now.duration_since(t) >= cooldown);
         due.then(|| {
-            m.last_fired.insert(kind, now);
+            m.last_fired[kind as usize] = Some(now);
             Fired { kind, message }
         })
     }
@@ -212,7 +218,7 @@ impl AlertRules {
 
         // Hashrate below its recent mean at the same clock (not while paused or booting).
         let booting = r.booting(&s);
-        let m = self.miners.entry(index).or_default();
+        let m = self.miner(index);
         let clock = (r.clock(), r.work_mode);
         if m.mean_clock != Some(clock) {
             m.mean_clock = Some(clock);
@@ -244,47 +250,50 @@ impl AlertRules {
             )
         });
 
-        // Reject rate over the last 50 or more shares.
-        let m = self.miners.entry(index).or_default();
+        // Reject rate over about the last hundred shares (at least 50 counted).
+        let m = self.miner(index);
         let mut rate = None;
         if let (Some(a), Some(rj)) = (r.shares_accepted, r.shares_rejected) {
-            if m.shares.back().is_some_and(|(pa, pr)| a < *pa || rj < *pr) {
+            match m.last_shares {
                 // Counters went back: the miner restarted.
-                m.shares.clear();
-            }
-            m.shares.push_back((a, rj));
-            while m.shares.len() > 2 {
-                let (oa, or) = m.shares[1];
-                // Drop the oldest while the rest still spans the window.
-                if (a - oa) + (rj - or) >= SHARES_WINDOW {
-                    m.shares.pop_front();
-                } else {
-                    break;
+                Some((pa, pr)) if a < pa || rj < pr => m.window = (0.0, 0.0),
+                Some((pa, pr)) => {
+                    let (da, dr) = ((a - pa) as f64, (rj - pr) as f64);
+                    let decay = (-(da + dr) / 100.0).exp();
+                    m.window = (m.window.0 * decay + da, m.window.1 * decay + dr);
                 }
+                None => {}
             }
-            let (oa, or) = m.shares[0];
-            let (da, dr) = (a - oa, rj - or);
-            if da + dr >= SHARES_WINDOW {
-                rate = Some((dr as f64 / (da + dr) as f64, da + dr));
+            m.last_shares = Some((a, rj));
+            let total = m.window.0 + m.window.1;
+            if total >= SHARES_WINDOW as f64 {
+                rate = Some((m.window.1 / total, total.round() as u64));
             }
         }
         let high = rate.is_some_and(|(x, _)| x > cfg.reject_rate);
         apply(self, Kind::RejectRate, high, &|| {
             let (x, n) = rate.unwrap_or_default();
             format!(
-                "{name} rejects {:.1} % of its shares (the last {n}; alerts.reject_rate is {:.1} %)",
+                "{name} rejects {:.1} % of its shares (of about the last {n}; alerts.reject_rate is {:.1} %)",
                 x * 100.0,
                 cfg.reject_rate * 100.0
             )
         });
 
         // Efficiency drift at an unchanged clock.
-        let m = self.miners.entry(index).or_default();
+        let m = self.miner(index);
         let mut drift = None;
         if let (Some(clock), Some(p), Some(h)) = (r.clock(), r.power, r.hashrate) {
             if h > 0.0 && p > 0.0 && r.paused != Some(true) && !booting && drop.is_none() {
                 let jth = p / (h / 1000.0);
-                let e = m.efficiency.entry(clock).or_default();
+                let at = match m.efficiency.iter().position(|(c, _)| *c == clock) {
+                    Some(at) => at,
+                    None => {
+                        m.efficiency.push((clock, Efficiency::default()));
+                        m.efficiency.len() - 1
+                    }
+                };
+                let e = &mut m.efficiency[at].1;
                 e.recent = if e.recent_n == 0 {
                     jth
                 } else {
@@ -322,12 +331,8 @@ impl AlertRules {
     /// The miner is gone from the fleet's view (off on purpose): its conditions end.
     pub fn clear(&mut self, index: usize) -> bool {
         self.miners
-            .get_mut(&index)
-            .map(|m| {
-                let had = !m.active.is_empty();
-                m.active.clear();
-                had
-            })
+            .get_mut(index)
+            .map(|m| std::mem::take(&mut m.active) != 0)
             .unwrap_or(false)
     }
 }
@@ -420,7 +425,7 @@ mod tests {
     }
 
     #[test]
-    fn reject_rate_over_the_last_fifty_shares() {
+    fn reject_rate_over_about_the_last_hundred_shares() {
         let mut a = rules();
         let t0 = Instant::now();
         let mut r = reading(1000.0);

@@ -117,6 +117,8 @@ pub struct Arbiter {
     user_hold_until: Option<DateTime<Utc>>,
     /// The watchdog's safety hold, with what a refused command is told.
     safety_hold: Option<String>,
+    /// A benchmark sweep owns the miner.
+    benchmark: bool,
 }
 
 /// What a change does, as far as the arbiter is concerned.
@@ -175,6 +177,16 @@ impl Arbiter {
         self.user_hold_until.filter(|u| *u > now)
     }
 
+    /// Whether a benchmark sweep owns the miner.
+    pub fn benchmarking(&self) -> bool {
+        self.benchmark
+    }
+
+    /// A sweep takes the miner (user and strategy changes are refused) or lets it go.
+    pub fn set_benchmark(&mut self, on: bool) {
+        self.benchmark = on;
+    }
+
     /// Whether the watchdog holds the miner.
     pub fn safety_held(&self) -> bool {
         self.safety_hold.is_some()
@@ -198,6 +210,9 @@ impl Arbiter {
             if origin != Origin::Safety && change.raises {
                 return Err(reason.clone());
             }
+        }
+        if self.benchmark && matches!(origin, Origin::User | Origin::Strategy) {
+            return Err("a benchmark is running on this miner and owns it: stop the benchmark first (its Stop benchmark button, or set/benchmark STOP)".into());
         }
         let setting = change.setting;
         match origin {
@@ -283,6 +298,14 @@ mod tests {
         assert!(a.admit(Origin::User, lower, t0, hold).is_ok());
         a.set_safety_hold(None);
         assert!(a.admit(Origin::User, raise, t0, hold).is_ok());
+        // A benchmark owns the miner: the user and the strategy wait, safety does not.
+        a.set_benchmark(true);
+        for origin in [Origin::User, Origin::Strategy] {
+            let e = a.admit(origin, lower, t0, hold).unwrap_err();
+            assert!(e.contains("benchmark is running"), "{e}");
+        }
+        assert!(a.admit(Origin::Benchmark, raise, t0, hold).is_ok());
+        assert!(a.admit(Origin::Safety, lower, t0, hold).is_ok());
     }
 
     #[test]

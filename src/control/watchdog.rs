@@ -15,7 +15,7 @@
 use super::Reading;
 use crate::config::{Safety, Thermal};
 use serde_json::{json, Value};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// How far below `temp_limit` a miner must stay for its hold to end, °C.
@@ -107,7 +107,8 @@ struct Watch {
 pub struct Watchdog {
     safety: Safety,
     poll_interval: Duration,
-    miners: HashMap<usize, Watch>,
+    /// By miner index.
+    miners: Vec<Watch>,
 }
 
 fn c1(v: f64) -> f64 {
@@ -119,24 +120,31 @@ impl Watchdog {
         Watchdog {
             safety,
             poll_interval,
-            miners: HashMap::new(),
+            miners: Vec::new(),
         }
+    }
+
+    fn watch(&mut self, index: usize) -> &mut Watch {
+        if self.miners.len() <= index {
+            self.miners.resize_with(index + 1, Watch::default);
+        }
+        &mut self.miners[index]
     }
 
     /// Whether miner `index` is in a safety hold.
     pub fn holding(&self, index: usize) -> bool {
-        self.miners.get(&index).is_some_and(|w| w.hold.is_some())
+        self.miners.get(index).is_some_and(|w| w.hold.is_some())
     }
 
     /// Whether the watchdog has given up restarting miner `index`.
     pub fn gave_up(&self, index: usize) -> bool {
-        self.miners.get(&index).is_some_and(|w| w.gave_up)
+        self.miners.get(index).is_some_and(|w| w.gave_up)
     }
 
     /// The miner was switched off on purpose, or is a different miner now: its counts start
     /// again (a hold is kept: it is still as hot as it was).
     pub fn reset_counts(&mut self, index: usize) {
-        if let Some(w) = self.miners.get_mut(&index) {
+        if let Some(w) = self.miners.get_mut(index) {
             w.zero_polls = 0;
             w.same_polls = 0;
             w.last_hashrate = None;
@@ -151,9 +159,10 @@ impl Watchdog {
         r: &Reading,
         now: Instant,
     ) -> Vec<Act> {
+        self.watch(index);
         let s = &self.safety;
         let th = &c.thermal;
-        let w = self.miners.entry(index).or_default();
+        let w = &mut self.miners[index];
         let mut acts = Vec::new();
         let asic = r.asic_temp;
         let vr = r.vr_temp;
@@ -313,8 +322,9 @@ impl Watchdog {
         now: Instant,
         thermal: bool,
     ) -> Vec<Act> {
+        self.watch(index);
         let s = &self.safety;
-        let w = self.miners.entry(index).or_default();
+        let w = &mut self.miners[index];
         let booting = r.booting(s);
         let paused = r.paused == Some(true) || w.hold.as_ref().is_some_and(|h| h.paused);
         if booting || paused || thermal {
@@ -396,7 +406,7 @@ impl Watchdog {
     pub fn on_tick(&mut self, now: Instant, names: impl Fn(usize) -> String) -> Vec<(usize, Act)> {
         let hold_for = self.safety.hold;
         let mut acts = Vec::new();
-        for (index, w) in &mut self.miners {
+        for (index, w) in self.miners.iter_mut().enumerate() {
             let Some(h) = &mut w.hold else { continue };
             if h.powered_off
                 .is_some_and(|t| now.duration_since(t) >= hold_for)
@@ -408,12 +418,12 @@ impl Watchdog {
                     humantime::format_duration(hold_for)
                 );
                 acts.push((
-                    *index,
-                    Act::Event(json!({ "type": "watchdog_action", "miner": names(*index),
+                    index,
+                    Act::Event(json!({ "type": "watchdog_action", "miner": names(index),
                         "action": "power_on", "command": "power ON", "reason": reason })),
                 ));
                 acts.push((
-                    *index,
+                    index,
                     Act::Command {
                         property: "power",
                         value: "ON".into(),

@@ -7,6 +7,7 @@
 
 pub(crate) mod energy;
 mod power;
+mod tuning;
 mod watch;
 
 use crate::config::{Config, MinerConfig, MinerKind, LOG_LEVELS};
@@ -19,7 +20,7 @@ use crate::hass::discovery::{self, MinerDevice};
 use crate::hass::{command, state, Topics};
 use crate::miner::avalon::AvalonClient;
 use crate::miner::axeos::AxeOsClient;
-use crate::miner::{Command, MinerClient, Reading};
+use crate::miner::{ClockConfig, Command, MinerClient, Reading};
 use crate::mqtt::{self, Mqtt, MqttEvent};
 use crate::safety::Limits;
 use crate::store::{Sample, Store};
@@ -96,6 +97,8 @@ struct Slot {
     boot_until: Option<Instant>,
     /// The alert conditions holding now (its Problem sensor).
     problems: Vec<AlertKind>,
+    /// Its last benchmark's most efficient and fastest clocks: its eco and turbo modes.
+    learned: (Option<ClockConfig>, Option<ClockConfig>),
 }
 
 impl Slot {
@@ -118,6 +121,7 @@ impl Slot {
             meter: None,
             boot_until: None,
             problems: Vec::new(),
+            learned: (None, None),
         }
     }
 }
@@ -168,6 +172,10 @@ struct Hub {
     clock: Arc<dyn Clock>,
     /// The watchdog and alert rules.
     watch: crate::control::task::Handle,
+    /// The benchmark sweeps, and the miners whose settings from before a sweep are on their
+    /// way back.
+    tuning: crate::tuning::task::Handle,
+    restoring: HashSet<usize>,
 }
 
 fn payload_hash(bytes: &[u8]) -> u64 {
@@ -222,7 +230,11 @@ pub async fn run_with_clock(
     let store = Store::open(&config.store_path, config.store_cache_bytes)?;
 
     let tracker = TaskTracker::new();
-    let pollers = cancel.child_token();
+    // Not a child of `cancel`: at shutdown a benchmark's restore still needs its miner's poller
+    // (the shutdown below cancels them in order). Dropped without that (a panic, an aborted
+    // task), the guard stops them all the same.
+    let pollers = CancellationToken::new();
+    let _stop_pollers_on_drop = pollers.clone().drop_guard();
     let mqtt_stop = CancellationToken::new();
     let (mqtt, mut mqtt_rx) = mqtt::start(
         &config.mqtt,
@@ -329,6 +341,8 @@ pub async fn run_with_clock(
         &tracker,
         pollers.clone(),
     );
+    let (tuning, mut tuning_rx) =
+        crate::tuning::task::spawn(config.benchmark.clone(), &tracker, pollers.clone());
     tracing::info!(miners = slots.len(), broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port), "miner2mqtt started");
 
     let mut hub = Hub {
@@ -369,6 +383,8 @@ pub async fn run_with_clock(
         plug_topics,
         clock,
         watch,
+        tuning,
+        restoring: HashSet::new(),
     };
 
     // NMMiner telemetry arrives as broadcasts; a bind failure is reported and the rest runs on.
@@ -395,6 +411,7 @@ pub async fn run_with_clock(
             Some(out) = energy_rx.recv() => hub.on_energy(out),
             Some(out) = power_rx.recv() => hub.on_power(out),
             Some(out) = watch_rx.recv() => hub.on_watch(out),
+            Some(out) = tuning_rx.recv() => hub.on_tuning(out),
             _ = tick.tick() => hub.on_tick(),
         }
         if hub.exit.is_some() {
@@ -402,7 +419,18 @@ pub async fn run_with_clock(
         }
     }
 
-    // Shutdown, in order.
+    // Shutdown, in order. A sweep under way puts the miner's settings back first (for a few
+    // seconds at most; what does not make it is put back at the next start).
+    if hub.stop_sweeps() > 0 {
+        let deadline = tokio::time::sleep(Duration::from_secs(5));
+        tokio::pin!(deadline);
+        while !hub.restoring.is_empty() {
+            tokio::select! {
+                _ = &mut deadline => break,
+                Some(ev) = fleet_rx.recv() => hub.on_fleet(ev),
+            }
+        }
+    }
     pollers.cancel();
     hub.mqtt.publish(hub.topics.bridge_state(), "offline", true);
     hub.mqtt.disconnect();
@@ -442,6 +470,7 @@ impl Hub {
                         index: miner,
                         error: error.clone(),
                     });
+                    self.tuning_interrupt(miner, "", true);
                     self.event(json!({ "type": "miner_offline", "miner": name, "error": error }));
                 }
             }
@@ -453,6 +482,12 @@ impl Hub {
             } => {
                 let name = self.slots[miner].config.name.clone();
                 let origin_name = origin.as_str();
+                if origin == Origin::Benchmark
+                    && matches!(command, Command::SetClock(_))
+                    && self.restoring(miner)
+                {
+                    self.sweep_restored(miner);
+                }
                 match result {
                     Ok(()) => self.event(json!({ "type": "command_applied", "miner": name, "command": command.describe(), "origin": origin_name })),
                     Err(reason) => {
@@ -497,6 +532,11 @@ impl Hub {
             }
             slot.hardware_id = Some(hwid.clone());
             slot.store_number = None;
+            slot.learned = self
+                .store
+                .sweep_result(&hwid)
+                .map(|s| tuning::learned(&s))
+                .unwrap_or_default();
             self.info_dirty = true;
         }
         let caps_changed = slot
@@ -516,6 +556,8 @@ impl Hub {
                     tracing::warn!("{w}");
                 }
             }
+            let mut limits = limits;
+            limits.learn(slot.learned.0, slot.learned.1);
             slot.limits = Some(limits);
         }
         // History: every sample, tagged with its clock config.
@@ -557,6 +599,7 @@ impl Hub {
             self.info_dirty = true;
             self.publish_discovery(i, false);
             self.set_availability(i, true);
+            self.roll_back_sweep(i);
         } else if caps_changed || identity_changed {
             self.publish_discovery(i, false);
         }
@@ -566,6 +609,7 @@ impl Hub {
             self.watch_info(i);
         }
         self.watch_reading(i);
+        self.tuning_reading(i);
         // Commands that waited for this first reading are checked and sent now, in order.
         let pending = std::mem::take(&mut self.slots[i].pending);
         if !pending.is_empty() {
@@ -767,10 +811,54 @@ impl Hub {
             tracing::info!(miner = %name, property, value = %value, "command held until the miner has been read");
             return;
         };
-        let verdict = std::str::from_utf8(payload)
-            .map_err(|_| "the payload is not UTF-8 text".to_string())
-            .and_then(|p| command::parse(property, p, limits))
-            .and_then(|cmd| limits.check(&cmd).map(|()| cmd));
+        let text = match std::str::from_utf8(payload) {
+            Ok(t) => t.trim(),
+            Err(_) => {
+                let reason = "the payload is not UTF-8 text";
+                self.refuse_from(i, name, property, &value, reason, origin);
+                return;
+            }
+        };
+        let parsed = match property {
+            "benchmark" => {
+                self.benchmark_command(i, name, text, origin);
+                return;
+            }
+            "profile" => self.profile_of(i, text),
+            _ => command::parse(property, text, limits),
+        };
+        match parsed {
+            Ok(cmd) => {
+                self.send(i, name, property, &value, cmd, origin);
+            }
+            Err(reason) => self.refuse_from(i, name, property, &value, &reason, origin),
+        }
+    }
+
+    /// A parsed command of any origin, for a miner that has been read: checked against its
+    /// limits, sent only while it is online, admitted by its arbiter, queued. Says whether it
+    /// was queued (or needed nothing sending).
+    fn send(
+        &mut self,
+        i: usize,
+        name: &str,
+        property: &str,
+        value: &str,
+        cmd: Command,
+        origin: Origin,
+    ) -> bool {
+        let Some(limits) = &self.slots[i].limits else {
+            self.refuse_from(
+                i,
+                name,
+                property,
+                value,
+                "the miner has not been read yet",
+                origin,
+            );
+            return false;
+        };
+        let verdict = limits.check(&cmd).map(|()| cmd);
         let verdict = verdict.and_then(|cmd: Command| {
             if self.slots[i].online != Some(true) {
                 return Err("the miner is offline".to_string());
@@ -788,6 +876,7 @@ impl Hub {
                 // Already on it: nothing to send, and no restart for nothing.
                 tracing::info!(miner = %name, pool = %label, "already on that pool");
                 self.publish_state(i);
+                true
             }
             Ok(cmd) => {
                 let change = Change {
@@ -801,19 +890,26 @@ impl Hub {
                 let hold = match self.admit(i, origin, change, &cmd.describe()) {
                     Ok(hold) => hold,
                     Err(reason) => {
-                        self.not_admitted(i, name, property, &value, &reason, origin);
-                        return;
+                        self.not_admitted(i, name, property, value, &reason, origin);
+                        return false;
                     }
                 };
                 match self.slots[i].handle.submit(cmd.clone(), origin) {
                     Ok(()) => {
                         tracing::info!(miner = %name, command = %cmd.describe(), origin = origin.as_str(), "command queued");
                         self.hold_changed(i, hold);
+                        true
                     }
-                    Err(reason) => self.refuse_from(i, name, property, &value, &reason, origin),
+                    Err(reason) => {
+                        self.refuse_from(i, name, property, value, &reason, origin);
+                        false
+                    }
                 }
             }
-            Err(reason) => self.refuse_from(i, name, property, &value, &reason, origin),
+            Err(reason) => {
+                self.refuse_from(i, name, property, value, &reason, origin);
+                false
+            }
         }
     }
 

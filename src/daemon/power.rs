@@ -97,6 +97,11 @@ impl Hub {
                 return;
             }
         };
+        if !on && self.slots[i].arbiter.benchmarking() {
+            // Switching off is always allowed: the sweep ends first.
+            self.tuning_interrupt(i, "switched off at its plug", false);
+            self.slots[i].arbiter.set_benchmark(false);
+        }
         let change = Change {
             setting: true,
             raises: on,

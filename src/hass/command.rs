@@ -5,7 +5,7 @@ use crate::miner::Command;
 use crate::safety::{Limits, ModeTarget};
 
 /// The properties a miner's set topic accepts.
-pub const PROPERTIES: [&str; 10] = [
+pub const PROPERTIES: [&str; 11] = [
     "frequency",
     "core_voltage",
     "fan_speed",
@@ -16,6 +16,7 @@ pub const PROPERTIES: [&str; 10] = [
     "restart",
     "mining",
     "benchmark",
+    "profile",
 ];
 
 /// Turns a raw payload into a command, or says what was wrong with it.
@@ -71,9 +72,9 @@ pub fn parse(property: &str, payload: &str, limits: &Limits) -> Result<Command, 
         "power" => {
             Err("power on/off needs a smart plug, and none is configured for this miner".into())
         }
-        "benchmark" => {
-            Err("benchmark sweeps are not available in this version of miner2mqtt".into())
-        }
+        "benchmark" | "profile" => Err(format!(
+            "{property} is handled by the daemon's benchmark, not parsed as a setting"
+        )),
         other => Err(format!(
             "unknown property {}; the set topics are {}",
             quote(other.as_bytes()),

@@ -549,6 +549,48 @@ pub fn miner_discovery(topics: &Topics, m: &MinerDevice<'_>) -> (String, Value) 
         b.add("restart", base, part);
     }
 
+    if l.frequency_mhz.is_some() && l.core_voltage_mv.is_some() {
+        // Benchmark sweeps: start and stop, the progress (with the step under test and the
+        // last results as attributes), and the results put on.
+        #[rustfmt::skip]
+        let buttons = [
+            ("benchmark_start", "Start benchmark", "benchmark", "START", "mdi:play-speed"),
+            ("benchmark_stop", "Stop benchmark", "benchmark", "STOP", "mdi:stop-circle-outline"),
+            ("apply_efficiency", "Apply best efficiency", "profile", "efficiency", "mdi:leaf"),
+            ("apply_hashrate", "Apply best hashrate", "profile", "hashrate", "mdi:rocket-launch-outline"),
+            ("apply_balanced", "Apply balanced", "profile", "balanced", "mdi:scale-balance"),
+        ];
+        for (key, name, property, payload, icon) in buttons {
+            let mut base = b.base("button", key, name);
+            base.entity_category = Some("config");
+            base.icon = Some(icon);
+            base.value_template = None;
+            let part = ButtonPart {
+                command_topic: topics.set(m.name, property),
+                payload_press: payload,
+                device_class: None,
+            };
+            b.add(key, base, part);
+        }
+        let mut base = b.base("sensor", "benchmark_progress", "Benchmark progress");
+        base.icon = Some("mdi:progress-clock");
+        base.entity_category = Some("diagnostic");
+        base.value_template = Some("{{ value_json.progress }}".into());
+        let part = SensorPart {
+            unit_of_measurement: Some("%"),
+            suggested_display_precision: Some(0),
+            ..Default::default()
+        };
+        let extra = BTreeMap::from([
+            ("state_topic", Value::from(topics.benchmark(m.name))),
+            (
+                "json_attributes_topic",
+                Value::from(topics.benchmark(m.name)),
+            ),
+        ]);
+        b.add_with("benchmark_progress", base, part, extra);
+    }
+
     let id = m.identity;
     let mut device = json!({
         "ids": [format!("miner2mqtt_{oid}")],

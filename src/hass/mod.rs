@@ -73,6 +73,10 @@ impl Topics {
     pub fn alert(&self, miner: &str) -> String {
         format!("{}/{miner}/alert", self.base)
     }
+    /// A miner's benchmark state (retained): progress, the step under test, the last result.
+    pub fn benchmark(&self, miner: &str) -> String {
+        format!("{}/{miner}/benchmark", self.base)
+    }
     pub fn set(&self, miner: &str, property: &str) -> String {
         format!("{}/{miner}/set/{property}", self.base)
     }

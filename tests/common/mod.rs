@@ -333,6 +333,17 @@ pub fn config_for(
     store: &Path,
     tweak: impl FnOnce(&mut RawConfig),
 ) -> Config {
+    let raw = raw_config_for(port, miners, store, tweak);
+    config::from_figment(&Figment::from(Serialized::defaults(raw))).unwrap()
+}
+
+/// As `config_for`, before validation (to write to a file for the binary).
+pub fn raw_config_for(
+    port: u16,
+    miners: &[(&str, &SimDevice)],
+    store: &Path,
+    tweak: impl FnOnce(&mut RawConfig),
+) -> RawConfig {
     let mut raw = RawConfig::default();
     raw.mqtt.port = port;
     raw.mqtt.client_id = format!("miner2mqtt-test-{}", rand_id());
@@ -347,7 +358,7 @@ pub fn config_for(
         .map(|(name, d)| RawMiner::new(name, MinerKind::Axeos, &d.addr.to_string()))
         .collect();
     tweak(&mut raw);
-    config::from_figment(&Figment::from(Serialized::defaults(raw))).unwrap()
+    raw
 }
 
 /// A daemon running inside the test.
