@@ -46,7 +46,7 @@ async fn at_clock(rig: &Rig, frequency: u32, core_voltage: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sweep_shows_its_progress_finds_the_chips_best_and_puts_its_settings_back() {
-    let rig = Rig::start(vec![DeviceSpec::gamma(1, Firmware::V2_12)]).await;
+    let rig = Rig::start(vec![DeviceSpec::gamma(1, Firmware::V2_12).with_silicon(1)]).await;
     let daemon = Daemon::start(rig.config(&["gamma"], quick));
     let state = "miner2mqtt/gamma/state";
     rig.ha

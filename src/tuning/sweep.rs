@@ -556,7 +556,20 @@ mod tests {
 
     #[test]
     fn the_sweep_finds_the_chips_best_efficiency_and_hashrate_within_one_step() {
-        let summary = run(BM1370, |_| 55.0);
+        use crate::sim::axeos::{DeviceSpec, Firmware};
+        let mut chips = vec![BM1370];
+        chips.extend((1..=4).map(|n| {
+            DeviceSpec::gamma(n, Firmware::V2_12)
+                .with_silicon(n as u64)
+                .chip
+        }));
+        for chip in chips {
+            check_sweep(chip);
+        }
+    }
+
+    fn check_sweep(chip: Chip) {
+        let summary = run(chip, |_| 55.0);
         let best = summary.best_efficiency.clone().unwrap();
         let fastest = summary.best_hashrate.clone().unwrap();
         // The truth, over every clock the sweep could have tried (25 MHz × 20 mV grid) that
@@ -565,7 +578,7 @@ mod tests {
         let mut truth_hash: Option<(f64, u32, u32)> = None;
         for f in (400..=625).step_by(25) {
             for v in (1000..=1250).step_by(20) {
-                let (w, h) = BM1370.steady(1, f, v);
+                let (w, h) = chip.steady(1, f, v);
                 if h < 0.94 * f as f64 * 2.04 {
                     continue;
                 }
@@ -616,6 +629,21 @@ mod tests {
         let a = run(BM1370, |_| 55.0).best_efficiency.unwrap();
         let b = run(hungry, |_| 55.0).best_efficiency.unwrap();
         assert!(b.core_voltage > a.core_voltage, "{a:?} {b:?}");
+    }
+
+    #[test]
+    fn simulated_chips_of_one_model_have_optima_of_their_own() {
+        use crate::sim::axeos::{DeviceSpec, Firmware};
+        let optima: std::collections::BTreeSet<(u32, u32)> = (1..=6)
+            .map(|n| {
+                let chip = DeviceSpec::gamma(n, Firmware::V2_12)
+                    .with_silicon(n as u64)
+                    .chip;
+                let best = run(chip, |_| 55.0).best_efficiency.unwrap();
+                (best.frequency, best.core_voltage)
+            })
+            .collect();
+        assert!(optima.len() >= 3, "{optima:?}");
     }
 
     #[test]
