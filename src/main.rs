@@ -95,6 +95,16 @@ enum Cmd {
         #[arg(long, default_value = "table")]
         format: miner2mqtt::energy::replay::Format,
     },
+    /// Benchmark a miner's chip through the running daemon: a sweep of frequency and core
+    /// voltage with a progress bar, then the result table. Ctrl-C stops it (its settings go back).
+    Benchmark {
+        /// The miner, by its name in the config.
+        #[arg(long, short)]
+        miner: String,
+        /// The daemon's configuration (for the broker and the base topic).
+        #[arg(long, short, env = "MINER2MQTT_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Measure the daemon's cost polling N simulated miners (see docs/BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -229,6 +239,10 @@ async fn async_main(cli: Cli) -> std::process::ExitCode {
             install_tracing("warn");
             bench::run(args).await
         }
+        Cmd::Benchmark { miner, config } => {
+            install_tracing("warn");
+            benchmark(config, &miner).await
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -237,6 +251,17 @@ async fn async_main(cli: Cli) -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+async fn benchmark(path: Option<PathBuf>, miner: &str) -> anyhow::Result<()> {
+    let explicit = path.is_some();
+    let path = path.unwrap_or_else(|| PathBuf::from("config.yaml"));
+    let config = config::load(&path, explicit)?;
+    let token = CancellationToken::new();
+    on_signal(token.clone());
+    let table = miner2mqtt::tuning::cli::run(&config, miner, token).await?;
+    print!("{table}");
+    Ok(())
 }
 
 async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {

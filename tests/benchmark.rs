@@ -320,3 +320,60 @@ async fn a_shutdown_or_a_kill_mid_sweep_ends_on_the_settings_from_before_it() {
         .await;
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_benchmark_command_runs_a_sweep_and_prints_the_result_table() {
+    let rig = Rig::start(vec![DeviceSpec::gamma(3, Firmware::V2_12).with_silicon(3)]).await;
+    let daemon = Daemon::start(rig.config(&["gamma"], quick));
+    rig.ha
+        .wait_for("miner2mqtt/gamma/availability", WAIT, |m| {
+            m.text() == "online"
+        })
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    let raw = raw_config_for(
+        rig.broker.port,
+        &[("gamma", &rig.devs[0])],
+        &dir.path().join("unused"),
+        quick,
+    );
+    std::fs::write(&file, serde_json::to_string(&raw).unwrap()).unwrap();
+    let bin = env!("CARGO_BIN_EXE_miner2mqtt");
+    // An unknown miner is refused before anything is sent.
+    let wrong = std::process::Command::new(bin)
+        .args(["benchmark", "--miner", "nope", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        err.contains("no miner is named \"nope\"") && err.contains("gamma"),
+        "{err}"
+    );
+
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .args(["benchmark", "--miner", "gamma", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("J/TH") && stdout.contains("best efficiency: "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("pass"), "{stdout}");
+    assert!(stdout.contains("restored: 525 MHz / 1150 mV"), "{stdout}");
+    at_clock(&rig, 525, 1150).await;
+    daemon.stop().await;
+}
