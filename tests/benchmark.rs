@@ -22,9 +22,14 @@ fn quick(raw: &mut RawConfig) {
     });
 }
 
-fn event(rig: &Rig, since: Instant, kind: &'static str) -> impl Fn(&Msg) -> bool {
-    let _ = rig;
-    move |m: &Msg| m.at >= since && m.json()["type"] == kind
+/// The first `kind` event on `bridge/event` after `since`.
+async fn event_after(rig: &Rig, since: Instant, kind: &'static str, timeout: Duration) -> Value {
+    rig.ha
+        .wait_after(since, "miner2mqtt/bridge/event", timeout, move |m| {
+            m.json()["type"] == kind
+        })
+        .await
+        .json()
 }
 
 async fn at_clock(rig: &Rig, frequency: u32, core_voltage: u32) {
@@ -70,15 +75,7 @@ async fn a_sweep_shows_its_progress_finds_the_chips_best_and_puts_its_settings_b
     rig.ha
         .publish("miner2mqtt/gamma/set/profile", "efficiency")
         .await;
-    let refused = rig
-        .ha
-        .wait_for(
-            "miner2mqtt/bridge/event",
-            WAIT,
-            event(&rig, t0, "command_rejected"),
-        )
-        .await
-        .json();
+    let refused = event_after(&rig, t0, "command_rejected", WAIT).await;
     assert!(
         refused["reason"]
             .as_str()
@@ -91,23 +88,9 @@ async fn a_sweep_shows_its_progress_finds_the_chips_best_and_puts_its_settings_b
     rig.ha
         .publish("miner2mqtt/gamma/set/benchmark", "START")
         .await;
-    rig.ha
-        .wait_for(
-            "miner2mqtt/bridge/event",
-            WAIT,
-            event(&rig, t1, "benchmark_started"),
-        )
-        .await;
+    event_after(&rig, t1, "benchmark_started", WAIT).await;
     // The sweep owns the miner: a slider moved by hand is refused, and says why.
-    let step = rig
-        .ha
-        .wait_for(
-            "miner2mqtt/bridge/event",
-            WAIT,
-            event(&rig, t1, "benchmark_step"),
-        )
-        .await
-        .json();
+    let step = event_after(&rig, t1, "benchmark_step", WAIT).await;
     assert_eq!(
         (step["frequency"].as_u64(), step["core_voltage"].as_u64()),
         (Some(500), Some(1040))
@@ -115,15 +98,7 @@ async fn a_sweep_shows_its_progress_finds_the_chips_best_and_puts_its_settings_b
     rig.ha
         .publish("miner2mqtt/gamma/set/frequency", "550")
         .await;
-    let refused = rig
-        .ha
-        .wait_for(
-            "miner2mqtt/bridge/event",
-            WAIT,
-            event(&rig, t1, "command_rejected"),
-        )
-        .await
-        .json();
+    let refused = event_after(&rig, t1, "command_rejected", WAIT).await;
     assert!(
         refused["reason"]
             .as_str()
@@ -132,15 +107,7 @@ async fn a_sweep_shows_its_progress_finds_the_chips_best_and_puts_its_settings_b
         "{refused}"
     );
 
-    let done = rig
-        .ha
-        .wait_for(
-            "miner2mqtt/bridge/event",
-            Duration::from_secs(90),
-            event(&rig, t1, "benchmark_finished"),
-        )
-        .await
-        .json();
+    let done = event_after(&rig, t1, "benchmark_finished", Duration::from_secs(90)).await;
     assert!(
         done["reason"]
             .as_str()
@@ -225,13 +192,7 @@ async fn a_shutdown_or_a_kill_mid_sweep_ends_on_the_settings_from_before_it() {
             }
             assert!(t.elapsed() < WAIT, "the benchmark did not start");
         }
-        rig.ha
-            .wait_for(
-                "miner2mqtt/bridge/event",
-                WAIT,
-                event(&rig, t, "benchmark_step"),
-            )
-            .await;
+        event_after(&rig, t, "benchmark_step", WAIT).await;
         let s = rig.devs[0].snapshot();
         assert_ne!(
             (s.frequency, s.core_voltage),
@@ -302,15 +263,7 @@ async fn a_shutdown_or_a_kill_mid_sweep_ends_on_the_settings_from_before_it() {
     );
     let t = Instant::now();
     let daemon = Daemon::start(rig.config(&["gamma"], quick));
-    let back: Value = rig
-        .ha
-        .wait_for(
-            "miner2mqtt/bridge/event",
-            WAIT,
-            event(&rig, t, "benchmark_rolled_back"),
-        )
-        .await
-        .json();
+    let back: Value = event_after(&rig, t, "benchmark_rolled_back", WAIT).await;
     assert_eq!(back["restored"]["frequency"], 525);
     at_clock(&rig, 525, 1150).await;
     rig.ha
