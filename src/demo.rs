@@ -218,6 +218,10 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         password: None,
     }];
     raw.energy = Some(demo_energy(&octopus.base_url()));
+    // A benchmark sweep that ends in minutes rather than hours (shorter settle and window).
+    raw.benchmark.settle = Duration::from_secs(5);
+    raw.benchmark.window = Duration::from_secs(30);
+    raw.benchmark.sample_every = Duration::from_secs(5);
     // bitaxe-supra hangs on a simulated Tasmota plug on the same broker (not where the broker
     // wants credentials: the plug has none), so the strategy's "off" switches its power.
     let plugged = names.iter().position(|n| *n == PLUGGED);
@@ -298,6 +302,9 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     println!(
         "  Try: mosquitto_pub -h {} -p {} -t {base}/bitaxe-gamma/set/frequency -m 600",
         config.mqtt.host, config.mqtt.port
+    );
+    println!(
+        "  or a benchmark sweep (short steps in the demo, about 10 minutes): the Start benchmark button, or -t {base}/bitaxe-gamma/set/benchmark -m START"
     );
     println!("  Ctrl-C stops the demo.\n");
 
