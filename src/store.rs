@@ -94,7 +94,7 @@ pub struct Store {
     /// alerts), by time.
     decisions: sled::Tree,
     /// `running/<hwid>`: the clock to restore for a sweep under way; `result/<hwid>`: the last
-    /// sweep's summary.
+    /// sweep's summary; `hold/<hwid>`: the watchdog's safety hold.
     tuning: sled::Tree,
 }
 
@@ -402,6 +402,27 @@ impl Store {
             .map_err(|e| self.io(e))?;
         self.tuning.flush().map_err(|e| self.io(e))?;
         Ok(())
+    }
+
+    /// The watchdog's safety hold on a miner (its reason), or `None` when it ends: a restart
+    /// does not release a hot miner.
+    pub fn keep_safety_hold(
+        &self,
+        hardware_id: &str,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let key = format!("hold/{hardware_id}");
+        match reason {
+            Some(r) => self.tuning.insert(key, r.as_bytes()).map(|_| ()),
+            None => self.tuning.remove(key).map(|_| ()),
+        }
+        .map_err(|e| self.io(e))
+    }
+
+    /// The safety hold a miner was in when the daemon stopped.
+    pub fn safety_hold(&self, hardware_id: &str) -> Option<String> {
+        let v = self.tuning.get(format!("hold/{hardware_id}")).ok()??;
+        String::from_utf8(v.to_vec()).ok()
     }
 
     /// Keeps a sweep's summary as the miner's latest.

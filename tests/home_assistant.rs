@@ -590,7 +590,13 @@ async fn the_demo_in_a_real_home_assistant() {
     assert!(missing.is_empty(), "{missing:#?}");
     let problem = entity_of(&removal, &removal_ids, "remove-me", "problem").to_string();
     let alert = entity_of(&removal, &removal_ids, "remove-me", "alert").to_string();
-    assert_eq!(ha.state(&problem).await["state"], "off");
+    wait_until("remove-me's Problem is off", WAIT, || async {
+        let p = ha.state(&problem).await;
+        (p["state"] == "off")
+            .then_some(())
+            .ok_or_else(|| format!("{p}"))
+    })
+    .await;
     devs[1].set_faults(Faults {
         offline: true,
         ..Default::default()

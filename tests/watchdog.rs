@@ -127,6 +127,40 @@ async fn a_hot_room_steps_the_miner_down_and_the_hold_refuses_a_raise_until_it_h
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(dev.snapshot().frequency, stepped, "nothing was sent");
 
+    // A restart does not release a hot miner: the new daemon holds it still.
+    daemon.stop().await;
+    let restarted = Instant::now();
+    let daemon = Daemon::start(rig.config(&["gamma"], |raw| {
+        raw.safety.hold = Duration::from_secs(3);
+    }));
+    rig.ha
+        .wait_after(restarted, "miner2mqtt/bridge/state", WAIT, |m| {
+            m.text() == "online"
+        })
+        .await;
+    rig.ha
+        .wait_after(restarted, state, WAIT, |m| m.json()["safety_hold"] == true)
+        .await;
+    let t2 = Instant::now();
+    rig.ha
+        .publish("miner2mqtt/gamma/set/frequency", "600")
+        .await;
+    let refused = rig
+        .ha
+        .wait_after(t2, "miner2mqtt/bridge/event", WAIT, |m| {
+            m.json()["type"] == "command_rejected"
+        })
+        .await
+        .json();
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("thermal watchdog"),
+        "{refused}"
+    );
+    assert_eq!(dev.snapshot().frequency, stepped, "nothing was sent");
+
     // The room cools; 3 s below 60 °C ends the hold, and the same raise goes through.
     dev.set_ambient(20.0);
     let released = rig

@@ -22,6 +22,8 @@ use tokio_util::task::TaskTracker;
 pub enum Input {
     /// What a miner can be told, on its first reading and whenever its limits change.
     Info { index: usize, controls: Controls },
+    /// It was in a safety hold when the daemon last stopped.
+    ResumeHold { index: usize },
     /// A reading.
     Reading { index: usize, reading: Reading },
     /// The miner went offline (not when off on purpose).
@@ -193,6 +195,10 @@ impl Controller {
         match input {
             Input::Info { index, controls } => {
                 self.controls.insert(index, controls);
+            }
+            Input::ResumeHold { index } => {
+                self.watchdog.resume_hold(index);
+                self.watchdog_condition(index, now).await;
             }
             Input::Reading { index, reading } => {
                 let Some(controls) = self.controls.get(&index).cloned() else {

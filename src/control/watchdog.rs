@@ -141,6 +141,22 @@ impl Watchdog {
         self.miners.get(index).is_some_and(|w| w.gave_up)
     }
 
+    /// The miner was in a safety hold when the daemon last stopped: the hold goes on (no event;
+    /// it was told then) and ends as any, once it has been cool for `hold`.
+    pub fn resume_hold(&mut self, index: usize) {
+        let w = self.watch(index);
+        if w.hold.is_none() {
+            w.hold = Some(Hold {
+                peak: f64::MIN,
+                cool_since: None,
+                overheat_at_safe: 0,
+                paused: false,
+                powered_off: None,
+                said_cannot_cool: false,
+            });
+        }
+    }
+
     /// The miner was switched off on purpose, or is a different miner now: its counts start
     /// again (a hold is kept: it is still as hot as it was).
     pub fn reset_counts(&mut self, index: usize) {

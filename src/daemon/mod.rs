@@ -510,6 +510,8 @@ impl Hub {
             return;
         }
         self.slots[i].boot_until = None;
+        // Its first reading since start (or since it was switched on).
+        let first = self.slots[i].reading.is_none();
         // A select's state must be one of its options: the pool the device is really on belongs
         // in the list even when it is not one the user configured (selecting it changes nothing).
         reading
@@ -607,6 +609,9 @@ impl Hub {
         self.energy_status(i, true);
         if limits_changed {
             self.watch_info(i);
+        }
+        if first {
+            self.resume_safety_hold(i);
         }
         self.watch_reading(i);
         self.tuning_reading(i);

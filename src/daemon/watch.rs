@@ -58,6 +58,29 @@ impl Hub {
         self.watch.send(Input::Info { index: i, controls });
     }
 
+    /// A miner read for the first time since start that was in a safety hold when the daemon
+    /// stopped is held again until it has been cool for `safety.hold`.
+    pub(super) fn resume_safety_hold(&mut self, i: usize) {
+        let slot = &self.slots[i];
+        if slot.arbiter.safety_held() {
+            return;
+        }
+        let Some(reason) = slot
+            .hardware_id
+            .as_deref()
+            .and_then(|h| self.store.safety_hold(h))
+        else {
+            return;
+        };
+        tracing::warn!(miner = %slot.config.name, %reason, "still in the safety hold it was in when miner2mqtt stopped");
+        self.slots[i].arbiter.set_safety_hold(Some(reason));
+        self.watch.send(Input::ResumeHold { index: i });
+        self.energy.send(EnergyInput::SafetyHold {
+            index: i,
+            held: true,
+        });
+    }
+
     /// Hands miner `i`'s reading to the controller.
     pub(super) fn watch_reading(&mut self, i: usize) {
         let slot = &self.slots[i];
@@ -113,6 +136,11 @@ impl Hub {
                     None => tracing::info!(miner = %name, "safety hold released"),
                 }
                 let held = reason.is_some();
+                if let Some(hwid) = &self.slots[index].hardware_id {
+                    if let Err(e) = self.store.keep_safety_hold(hwid, reason.as_deref()) {
+                        tracing::error!(error = %e, "cannot keep the safety hold in the store; a restart would release it");
+                    }
+                }
                 self.slots[index].arbiter.set_safety_hold(reason);
                 self.energy.send(EnergyInput::SafetyHold { index, held });
                 self.publish_state(index);
