@@ -156,6 +156,19 @@ impl AlertRules {
         (!was, fired)
     }
 
+    /// Sets whether `kind` holds for miner `index` without firing anything (a condition whose
+    /// alerts are occurrences, told by [`AlertRules::occurred`]); says whether it changed.
+    pub fn hold(&mut self, index: usize, kind: Kind, holds: bool) -> bool {
+        let m = self.miner(index);
+        let was = m.active & kind.bit() != 0;
+        if holds {
+            m.active |= kind.bit();
+        } else {
+            m.active &= !kind.bit();
+        }
+        was != holds
+    }
+
     /// Fires an alert that is an occurrence rather than a condition (a watchdog action),
     /// subject to the same cooldown.
     pub fn occurred(
@@ -395,6 +408,24 @@ mod tests {
         assert!(changed && fired.is_empty(), "{fired:?}");
         // Another miner has its own cooldown.
         assert_eq!(a.on_reading(1, "bitaxe-2", &TH, &hot, t1).1.len(), 1);
+    }
+
+    #[test]
+    fn a_lasting_condition_without_alerts_of_its_own_leaves_the_cooldown_alone() {
+        let mut a = rules();
+        let t0 = Instant::now();
+        assert!(a.hold(0, Kind::Watchdog, true));
+        assert!(!a.hold(0, Kind::Watchdog, true));
+        assert_eq!(a.active(0), [Kind::Watchdog]);
+        // An hour of holding later, an action still alerts.
+        let later = t0 + Duration::from_secs(3600);
+        assert!(a.occurred(0, Kind::Watchdog, "x".into(), later).is_some());
+        assert!(
+            a.occurred(0, Kind::Watchdog, "y".into(), later).is_none(),
+            "cooldown"
+        );
+        assert!(a.hold(0, Kind::Watchdog, false));
+        assert!(a.active(0).is_empty());
     }
 
     #[test]

@@ -128,43 +128,36 @@ impl Controller {
                         e["type"].as_str(),
                         Some("watchdog_action" | "watchdog_gave_up")
                     );
-                    if alerting {
-                        let message = format!(
-                            "{}: {}{}",
-                            e["miner"].as_str().unwrap_or_default(),
-                            e["action"]
-                                .as_str()
-                                .map(|a| format!("{} — ", a.replace('_', " ")))
-                                .unwrap_or_else(|| "gave up — ".into()),
-                            e["reason"].as_str().unwrap_or_default()
-                        );
-                        if let Some(f) = self.alerts.occurred(index, Kind::Watchdog, message, now) {
-                            self.emit(Output::Event(e)).await;
-                            self.alert(index, f).await;
-                            continue;
-                        }
-                    }
+                    let fired = alerting
+                        .then(|| {
+                            let message = format!(
+                                "{}: {}{}",
+                                e["miner"].as_str().unwrap_or_default(),
+                                e["action"]
+                                    .as_str()
+                                    .map(|a| format!("{} — ", a.replace('_', " ")))
+                                    .unwrap_or_else(|| "gave up — ".into()),
+                                e["reason"].as_str().unwrap_or_default()
+                            );
+                            self.alerts.occurred(index, Kind::Watchdog, message, now)
+                        })
+                        .flatten();
                     self.emit(Output::Event(e)).await;
+                    if let Some(f) = fired {
+                        self.alert(index, f).await;
+                    }
                 }
             }
         }
-        self.watchdog_condition(index, now).await;
+        self.watchdog_condition(index).await;
     }
 
-    /// The `watchdog` problem holds while the miner is in a safety hold or given up on.
-    async fn watchdog_condition(&mut self, index: usize, now: Instant) {
+    /// The `watchdog` problem holds while the miner is in a safety hold or given up on. Only
+    /// the condition: its alerts are the actions themselves, and a hold that lasts must not
+    /// use up their cooldown.
+    async fn watchdog_condition(&mut self, index: usize) {
         let holds = self.watchdog.holding(index) || self.watchdog.gave_up(index);
-        let name = self.name(index);
-        let (changed, fired) = self.alerts.set(
-            index,
-            Kind::Watchdog,
-            holds,
-            || format!("{name} is in the watchdog's care"),
-            now,
-        );
-        // The start of the condition was told by the action itself.
-        drop(fired);
-        if changed {
+        if self.alerts.hold(index, Kind::Watchdog, holds) {
             self.problems(index).await;
         }
     }
@@ -198,17 +191,22 @@ impl Controller {
             }
             Input::ResumeHold { index } => {
                 self.watchdog.resume_hold(index);
-                self.watchdog_condition(index, now).await;
+                self.watchdog_condition(index).await;
             }
             Input::Reading { index, reading } => {
-                let Some(controls) = self.controls.get(&index).cloned() else {
+                // Borrowed, not cloned: this runs on every reading of every miner.
+                let Controller {
+                    watchdog,
+                    alerts,
+                    controls,
+                    ..
+                } = self;
+                let Some(c) = controls.get(&index) else {
                     return;
                 };
-                let acts = self.watchdog.on_reading(index, &controls, &reading, now);
+                let acts = watchdog.on_reading(index, c, &reading, now);
+                let (changed, fired) = alerts.on_reading(index, &c.name, &c.thermal, &reading, now);
                 self.acts(index, acts, now).await;
-                let (changed, fired) =
-                    self.alerts
-                        .on_reading(index, &controls.name, &controls.thermal, &reading, now);
                 for f in fired {
                     self.alert(index, f).await;
                 }
