@@ -32,6 +32,28 @@ async fn event_after(rig: &Rig, since: Instant, kind: &'static str, timeout: Dur
         .json()
 }
 
+/// Presses Start benchmark until the daemon (whose first poll may still be on its way) has
+/// started a sweep and finished its first step.
+async fn start_until_first_step(rig: &Rig, since: Instant) {
+    loop {
+        rig.ha
+            .publish("miner2mqtt/gamma/set/benchmark", "START")
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if rig.ha.count_after(since, "miner2mqtt/bridge/event", |m| {
+            m.json()["type"] == "benchmark_started"
+        }) > 0
+        {
+            break;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(30),
+            "the benchmark did not start"
+        );
+    }
+    event_after(rig, since, "benchmark_step", WAIT).await;
+}
+
 async fn at_clock(rig: &Rig, frequency: u32, core_voltage: u32) {
     let deadline = Instant::now() + WAIT;
     loop {
@@ -177,22 +199,7 @@ async fn a_shutdown_or_a_kill_mid_sweep_ends_on_the_settings_from_before_it() {
                 m.text() == "online"
             })
             .await;
-        let t = Instant::now();
-        // The first poll may still be on its way: ask until the sweep has started.
-        loop {
-            rig.ha
-                .publish("miner2mqtt/gamma/set/benchmark", "START")
-                .await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            if rig.ha.count_after(t, "miner2mqtt/bridge/event", |m| {
-                m.json()["type"] == "benchmark_started"
-            }) > 0
-            {
-                break;
-            }
-            assert!(t.elapsed() < WAIT, "the benchmark did not start");
-        }
-        event_after(&rig, t, "benchmark_step", WAIT).await;
+        start_until_first_step(&rig, Instant::now()).await;
         let s = rig.devs[0].snapshot();
         assert_ne!(
             (s.frequency, s.core_voltage),
@@ -237,22 +244,7 @@ async fn a_shutdown_or_a_kill_mid_sweep_ends_on_the_settings_from_before_it() {
             m.text() == "online"
         })
         .await;
-    loop {
-        rig.ha
-            .publish("miner2mqtt/gamma/set/benchmark", "START")
-            .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if rig.ha.count_after(t, "miner2mqtt/bridge/event", |m| {
-            m.json()["type"] == "benchmark_step"
-        }) > 0
-        {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "the benchmark did not start"
-        );
-    }
+    start_until_first_step(&rig, t).await;
     child.kill().unwrap();
     child.wait().unwrap();
     let s = rig.devs[0].snapshot();

@@ -470,7 +470,7 @@ impl Hub {
                         index: miner,
                         error: error.clone(),
                     });
-                    self.tuning_interrupt(miner, "", true);
+                    self.tuning_offline(miner);
                     self.event(json!({ "type": "miner_offline", "miner": name, "error": error }));
                 }
             }

@@ -99,7 +99,7 @@ impl Hub {
         };
         if !on && self.slots[i].arbiter.benchmarking() {
             // Switching off is always allowed: the sweep ends first.
-            self.tuning_interrupt(i, "switched off at its plug", false);
+            self.tuning_stop(i, "switched off at its plug");
             self.slots[i].arbiter.set_benchmark(false);
         }
         let change = Change {

@@ -190,19 +190,20 @@ impl Hub {
         self.tuning.send(Input::Reading { index: i, sample });
     }
 
-    /// A sweep is stopped from outside (the watchdog stepped in, the plug goes off, the miner
-    /// is offline).
-    pub(super) fn tuning_interrupt(&mut self, i: usize, why: &str, offline: bool) {
-        if !self.slots[i].arbiter.benchmarking() {
-            return;
-        }
-        if offline {
-            self.tuning.send(Input::Offline { index: i });
-        } else {
+    /// A sweep is stopped from outside (the watchdog stepped in, the plug goes off).
+    pub(super) fn tuning_stop(&mut self, i: usize, why: &str) {
+        if self.slots[i].arbiter.benchmarking() {
             self.tuning.send(Input::Stop {
                 index: i,
                 why: why.to_string(),
             });
+        }
+    }
+
+    /// A benchmarking miner went offline: its step ends at a limit.
+    pub(super) fn tuning_offline(&mut self, i: usize) {
+        if self.slots[i].arbiter.benchmarking() {
+            self.tuning.send(Input::Offline { index: i });
         }
     }
 

@@ -126,7 +126,7 @@ impl Hub {
                 tracing::warn!(miner = %name, property, %value, "watchdog");
                 // Safety outranks a benchmark: the sweep ends (its restore then meets the
                 // safety hold, which lets nothing hotter through).
-                self.tuning_interrupt(index, "the watchdog stepped in", false);
+                self.tuning_stop(index, "the watchdog stepped in");
                 self.command(index, &name, property, value.as_bytes(), Origin::Safety);
             }
             Output::Hold { index, reason } => {
