@@ -110,13 +110,26 @@ impl Default for RawMqtt {
 pub struct RawStore {
     pub path: PathBuf,
     pub cache_capacity_mb: u64,
+    /// How long every raw sample is kept.
+    #[serde(with = "humantime_serde")]
+    pub raw_for: Duration,
+    /// How long the 5-minute rollups are kept (per-config aggregates are kept forever).
+    #[serde(with = "humantime_serde")]
+    pub rollup_for: Duration,
+    /// How often new samples are rolled up and old ones pruned.
+    #[serde(with = "humantime_serde")]
+    pub compact_every: Duration,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
+        let retention = crate::store::history::Retention::default();
         RawStore {
             path: "miner2mqtt.db".into(),
             cache_capacity_mb: 16,
+            raw_for: retention.raw_for,
+            rollup_for: retention.rollup_for,
+            compact_every: Duration::from_secs(60),
         }
     }
 }
@@ -522,6 +535,8 @@ pub struct Config {
     pub log_level: String,
     pub store_path: PathBuf,
     pub store_cache_bytes: u64,
+    pub store_retention: crate::store::history::Retention,
+    pub store_compact_every: Duration,
     pub safety: Safety,
     pub alerts: Alerts,
     pub benchmark: crate::tuning::sweep::SweepConfig,
@@ -719,6 +734,29 @@ fn validate(raw: RawConfig, figment: &Figment) -> Result<Config, ConfigError> {
         value: value.to_string(),
         hint: hint.to_string(),
     };
+
+    let st = &raw.store;
+    if st.raw_for < Duration::from_secs(3600) {
+        return Err(invalid(
+            "store.raw_for",
+            &humantime::format_duration(st.raw_for),
+            "at least 1h: samples are rolled up in 5-minute buckets a few minutes after they end",
+        ));
+    }
+    if st.rollup_for < st.raw_for {
+        return Err(invalid(
+            "store.rollup_for",
+            &humantime::format_duration(st.rollup_for),
+            "at least store.raw_for: rollups are what is left of older samples",
+        ));
+    }
+    if st.compact_every < Duration::from_secs(1) || st.compact_every > Duration::from_secs(3600) {
+        return Err(invalid(
+            "store.compact_every",
+            &humantime::format_duration(st.compact_every),
+            "from 1s to 1h",
+        ));
+    }
 
     let m = raw.mqtt;
     if m.host.trim().is_empty() {
@@ -1135,6 +1173,11 @@ fn validate(raw: RawConfig, figment: &Figment) -> Result<Config, ConfigError> {
         retries: raw.retries,
         offline_after: raw.offline_after,
         log_level: raw.log_level,
+        store_retention: crate::store::history::Retention {
+            raw_for: raw.store.raw_for,
+            rollup_for: raw.store.rollup_for,
+        },
+        store_compact_every: raw.store.compact_every,
         store_path: raw.store.path,
         store_cache_bytes: raw.store.cache_capacity_mb.max(1) * 1024 * 1024,
         safety: raw.safety,

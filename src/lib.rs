@@ -16,7 +16,9 @@
 //!   that switches them and keeps them as wanted.
 //! - [`fleet`]: one poller task per miner, with its serialised command queue (a command-only task
 //!   for broadcast devices).
-//! - [`store`]: the sled history of every sample, tagged with its clock config.
+//! - [`store`]: the sled history of every sample, tagged with its clock config; `store::history`
+//!   keeps it small (raw samples → 5-minute rollups → per-clock-config aggregates, compacted and
+//!   pruned in the background).
 //! - [`mqtt`]: the MQTT session (persistent, will, birth, resubscribe on every ConnAck, outbound
 //!   queue) and the start-up check for another live instance on the same base topic.
 //! - [`hass`]: Home Assistant discovery payloads, state JSON and command parsing.
@@ -24,9 +26,13 @@
 //!   energy meters, and the controller task that runs them beside the hub.
 //! - [`tuning`]: benchmark sweeps of one chip (step up while it passes, more voltage on a fail),
 //!   the summary of their results, and the controller task that runs them beside the hub.
+//! - [`report`]: which settings are best for a chip, from its history (per-config figures,
+//!   sessions, the Pareto front, the plot), and the raw-sample export; `miner2mqtt report` and
+//!   `export` read the store or ask the running daemon.
 //! - [`daemon`]: the hub: wires the above together and owns the shutdown order; `daemon::energy`,
 //!   `daemon::power`, `daemon::watch` and `daemon::tuning` are its sides of the energy
-//!   controller, the plugs, the safety controller and the benchmark controller.
+//!   controller, the plugs, the safety controller and the benchmark controller;
+//!   `daemon::requests` answers the bridge requests that read the history.
 //! - [`sim`]: faithful simulators of the devices (ESP-Miner over HTTP; Avalon Nano 3/3S, Mini 3,
 //!   Q and Antminer over cgminer TCP; NMMiner broadcasts over UDP; the Octopus API over HTTP;
 //!   a Tasmota plug over MQTT and Home Assistant's REST API, both powering simulated Bitaxes),
@@ -48,6 +54,7 @@ pub mod hass;
 pub mod miner;
 pub mod mqtt;
 pub mod power;
+pub mod report;
 pub mod safety;
 pub mod sim;
 pub mod store;

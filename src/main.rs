@@ -105,6 +105,12 @@ enum Cmd {
         #[arg(long, short, env = "MINER2MQTT_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Which settings are best for each chip: per clock config the runtime, samples, sessions
+    /// and mean/median/stddev/p5/p95 of hashrate, power, temperature and J/TH, with
+    /// recommendations on the Pareto front. Reads the history, or asks the running daemon.
+    Report(miner2mqtt::report::cli::ReportArgs),
+    /// A miner's raw samples as CSV or JSON (from the history, or from the running daemon).
+    Export(miner2mqtt::report::cli::ExportArgs),
     /// Measure the daemon's cost polling N simulated miners (see docs/BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -243,6 +249,20 @@ async fn async_main(cli: Cli) -> std::process::ExitCode {
             install_tracing("warn");
             benchmark(config, &miner).await
         }
+        Cmd::Report(args) => {
+            install_tracing("warn");
+            print_result(load_config(args.config.clone()), |c| async move {
+                miner2mqtt::report::cli::report(&c, &args).await
+            })
+            .await
+        }
+        Cmd::Export(args) => {
+            install_tracing("warn");
+            print_result(load_config(args.config.clone()), |c| async move {
+                miner2mqtt::report::cli::export(&c, &args).await
+            })
+            .await
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -253,10 +273,25 @@ async fn async_main(cli: Cli) -> std::process::ExitCode {
     }
 }
 
-async fn benchmark(path: Option<PathBuf>, miner: &str) -> anyhow::Result<()> {
+/// Runs `f` on the loaded config and prints what it returns.
+async fn print_result<F, Fut>(config: anyhow::Result<config::Config>, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(config::Config) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<String>>,
+{
+    print!("{}", f(config?).await?);
+    Ok(())
+}
+
+/// The config at `path`, or `config.yaml` when there is one.
+fn load_config(path: Option<PathBuf>) -> anyhow::Result<config::Config> {
     let explicit = path.is_some();
     let path = path.unwrap_or_else(|| PathBuf::from("config.yaml"));
-    let config = config::load(&path, explicit)?;
+    Ok(config::load(&path, explicit)?)
+}
+
+async fn benchmark(path: Option<PathBuf>, miner: &str) -> anyhow::Result<()> {
+    let config = load_config(path)?;
     let token = CancellationToken::new();
     on_signal(token.clone());
     let table = miner2mqtt::tuning::cli::run(&config, miner, token).await?;

@@ -109,6 +109,18 @@ impl Mqtt {
 }
 
 /// Broker address, credentials and TLS for a client called `client_id`.
+/// Options for a short-lived client of the command line (`benchmark`, `report`): a clean
+/// session under a client id of its own, replies up to `MAX_PACKET`.
+pub fn cli_options(config: &MqttConfig, role: &str) -> anyhow::Result<MqttOptions> {
+    let id = format!("{}-{role}-{:x}", config.client_id, rand::random::<u32>());
+    let mut options = connect_options(config, &id)?;
+    options
+        .set_clean_session(true)
+        .set_keep_alive(Duration::from_secs(10))
+        .set_max_packet_size(MAX_PACKET, 1 << 16);
+    Ok(options)
+}
+
 pub fn connect_options(config: &MqttConfig, client_id: &str) -> anyhow::Result<MqttOptions> {
     let mut options = MqttOptions::new(client_id, &config.host, config.port);
     if let Some(user) = &config.username {

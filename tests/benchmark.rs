@@ -222,15 +222,13 @@ async fn a_shutdown_or_a_kill_mid_sweep_ends_on_the_settings_from_before_it() {
     // Killed (SIGKILL, the binary in a process of its own): nothing runs at the end, but the
     // next start puts the settings back.
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("config.yaml");
     let raw = raw_config_for(
         rig.broker.port,
         &[("gamma", &rig.devs[0])],
         &rig.history_path(),
         quick,
     );
-    // JSON is YAML.
-    std::fs::write(&file, serde_json::to_string(&raw).unwrap()).unwrap();
+    let file = config_file(dir.path(), &raw);
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_miner2mqtt"))
         .args(["run", "--config"])
         .arg(&file)
@@ -276,14 +274,13 @@ async fn the_benchmark_command_runs_a_sweep_and_prints_the_result_table() {
         })
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("config.yaml");
     let raw = raw_config_for(
         rig.broker.port,
         &[("gamma", &rig.devs[0])],
         &dir.path().join("unused"),
         quick,
     );
-    std::fs::write(&file, serde_json::to_string(&raw).unwrap()).unwrap();
+    let file = config_file(dir.path(), &raw);
     let bin = env!("CARGO_BIN_EXE_miner2mqtt");
     // An unknown miner is refused before anything is sent.
     let wrong = std::process::Command::new(bin)

@@ -7,6 +7,7 @@
 
 pub(crate) mod energy;
 mod power;
+mod requests;
 mod tuning;
 mod watch;
 
@@ -189,6 +190,9 @@ fn millis(t: SystemTime) -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// Samples one compaction call rolls up (and keys it prunes) before it lets go of the thread.
+const COMPACT_BUDGET: usize = 2000;
 
 /// Runs the daemon until `cancel` fires or a restart is requested.
 pub async fn run(
@@ -399,6 +403,15 @@ pub async fn run_with_clock(
             Err(e) => tracing::error!("{e}"),
         }
     }
+
+    // Older samples into rollups and aggregates, in the background.
+    tracker.spawn(crate::store::history::run_compactor(
+        hub.store.clone(),
+        hub.config.store_retention,
+        hub.config.store_compact_every,
+        COMPACT_BUDGET,
+        pollers.clone(),
+    ));
 
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1019,6 +1032,11 @@ impl Hub {
             }
         });
         let transaction = parsed.get("transaction").cloned();
+        if !oversized && matches!(action, "report" | "export") {
+            // Read from the store on a blocking thread: a year of rollups takes a while.
+            self.history_request(action, &parsed, transaction);
+            return;
+        }
         let value = parsed.get("value").cloned();
         let result: Result<Value, String> = match action {
             _ if oversized => Err(format!(
@@ -1081,82 +1099,11 @@ impl Hub {
             "strategy" => self.energy_switch(Switch::Strategy, &text),
             "champion_mode" => self.energy_switch(Switch::Champion, &text),
             other => Err(format!(
-                "unknown request {}; known: log_level, restart, health_check, history, decisions, strategy, champion_mode",
+                "unknown request {}; known: log_level, restart, health_check, history, report, export, decisions, strategy, champion_mode",
                 command::quote(other.as_bytes())
             )),
         };
-        if let Err(error) = &result {
-            tracing::warn!(action = %command::quote(action.as_bytes()), %error, "bridge request refused");
-        }
-        let mut response = match result {
-            Ok(data) => json!({ "data": data, "status": "ok" }),
-            Err(error) => json!({ "data": {}, "status": "error", "error": error }),
-        };
-        if let Some(tx) = transaction {
-            response["transaction"] = tx;
-        }
-        self.mqtt.publish(
-            self.topics.bridge_response(action),
-            response.to_string(),
-            false,
-        );
-    }
-
-    /// `{"miner": "bitaxe-1", "minutes": 60}` → that miner's samples, newest last (at most 2000).
-    fn history(&self, req: &Value) -> Result<Value, String> {
-        let name = req
-            .get("miner")
-            .and_then(Value::as_str)
-            .ok_or("history needs \"miner\": the miner's name")?;
-        const MAX_MINUTES: u64 = 60 * 24 * 31;
-        let minutes = match req.get("minutes") {
-            None | Some(Value::Null) => 60,
-            Some(v) => v
-                .as_u64()
-                .filter(|m| (1..=MAX_MINUTES).contains(m))
-                .ok_or_else(|| {
-                    format!("\"minutes\" must be a whole number from 1 to {MAX_MINUTES} (31 days), got {v}")
-                })?,
-        };
-        let slot = self
-            .slots
-            .iter()
-            .find(|s| s.config.name == name)
-            .ok_or_else(|| format!("no miner is named {name:?}"))?;
-        let hwid = slot
-            .hardware_id
-            .as_deref()
-            .ok_or("that miner has not been identified yet")?;
-        let n = self.store.miner_number(hwid).map_err(|e| e.to_string())?;
-        let now = millis(SystemTime::now());
-        let mut samples = self
-            .store
-            .window(n, now.saturating_sub(minutes * 60_000), now + 1)
-            .map_err(|e| e.to_string())?;
-        let skip = samples.len().saturating_sub(2000);
-        samples.drain(..skip);
-        serde_json::to_value(samples).map_err(|e| e.to_string())
-    }
-
-    /// `{"hours": 24}` → the strategy's decisions (band and champion changes, missing prices)
-    /// over that many hours of its clock, oldest first (at most 1000).
-    fn decisions(&self, req: &Value) -> Result<Value, String> {
-        let hours = match req.get("hours") {
-            None | Some(Value::Null) => 24,
-            Some(v) => v
-                .as_u64()
-                .filter(|h| (1..=24 * 366).contains(h))
-                .ok_or_else(|| {
-                    format!("\"hours\" must be a whole number from 1 to 8784 (a year), got {v}")
-                })?,
-        };
-        let now = self.clock.now().timestamp_millis();
-        let mut list = self
-            .store
-            .decisions(now - hours as i64 * 3_600_000, now + 1);
-        let skip = list.len().saturating_sub(1000);
-        list.drain(..skip);
-        Ok(Value::Array(list))
+        requests::respond(&self.mqtt, &self.topics, action, transaction, result);
     }
 
     fn on_tick(&mut self) {

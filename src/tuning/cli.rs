@@ -81,16 +81,7 @@ pub async fn run(config: &Config, miner: &str, stop: CancellationToken) -> anyho
         );
     }
     let base = &config.mqtt.base_topic;
-    let id = format!(
-        "{}-benchmark-{:x}",
-        config.mqtt.client_id,
-        rand::random::<u32>()
-    );
-    let mut options = crate::mqtt::connect_options(&config.mqtt, &id)?;
-    options
-        .set_clean_session(true)
-        .set_keep_alive(Duration::from_secs(10))
-        .set_max_packet_size(1 << 20, 1 << 16);
+    let options = crate::mqtt::cli_options(&config.mqtt, "benchmark")?;
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     let events = format!("{base}/bridge/event");
     let state = format!("{base}/{miner}/benchmark");

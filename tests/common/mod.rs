@@ -309,7 +309,7 @@ impl Observer {
     }
 }
 
-fn rand_id() -> u64 {
+pub fn rand_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(Instant::now().elapsed().as_nanos() as u64);
@@ -359,6 +359,13 @@ pub fn raw_config_for(
         .collect();
     tweak(&mut raw);
     raw
+}
+
+/// Writes `raw` into `dir/config.yaml` for the binary (JSON is YAML) and returns its path.
+pub fn config_file(dir: &Path, raw: &RawConfig) -> PathBuf {
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, serde_json::to_string(raw).unwrap()).unwrap();
+    file
 }
 
 /// A daemon running inside the test.

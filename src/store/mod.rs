@@ -7,7 +7,10 @@
 //! id each configured name had, so discovery of removed miners can be cleared after a restart.
 //! `prices` keeps price slots, `energy` each miner's energy meter, `settings` run-time switches,
 //! `decisions` what the strategy and the watchdog decided, `tuning` each miner's sweep under way
-//! (so a restart can put its settings back) and its last sweep's results.
+//! (so a restart can put its settings back) and its last sweep's results. `rollups` and
+//! `aggregates` are the older tiers of the samples ([`history`]).
+
+pub mod history;
 
 use crate::energy::meter::MeterRecord;
 use crate::energy::prices::{PriceSlot, SlotKind};
@@ -65,6 +68,31 @@ impl Sample {
         }
     }
 
+    /// A sample of the headline readings only (the history benchmark, tests).
+    pub fn basic(
+        at_ms: u64,
+        clock: Option<ClockConfig>,
+        hashrate: f32,
+        power: f32,
+        asic_temp: f32,
+    ) -> Sample {
+        Sample {
+            at_ms,
+            clock,
+            hashrate: Some(hashrate),
+            power: Some(power),
+            asic_temp: Some(asic_temp),
+            vr_temp: None,
+            fan_speed: None,
+            fan_rpm: None,
+            input_voltage: None,
+            current: None,
+            core_voltage_actual: None,
+            shares_accepted: None,
+            shares_rejected: None,
+        }
+    }
+
     /// J/TH of this sample.
     pub fn efficiency(&self) -> Option<f32> {
         match (self.power, self.hashrate) {
@@ -96,6 +124,11 @@ pub struct Store {
     /// `running/<hwid>`: the clock to restore for a sweep under way; `result/<hwid>`: the last
     /// sweep's summary; `hold/<hwid>`: the watchdog's safety hold.
     tuning: sled::Tree,
+    /// 5-minute rollups, keyed `[miner u32][bucket start ms u64][MHz u16][mV u16]`.
+    rollups: sled::Tree,
+    /// Per-clock-config aggregates, keyed `[miner u32][MHz u16][mV u16]`, and the compactor's
+    /// progress per miner.
+    aggregates: sled::Tree,
 }
 
 /// A stored price slot.
@@ -104,6 +137,14 @@ struct StoredSlot {
     end_ms: i64,
     p_per_kwh: f64,
     estimated: bool,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn key(miner: u32, at_ms: u64) -> [u8; 12] {
@@ -118,7 +159,16 @@ impl Store {
     /// A lock held by this same process (an in-process restart) is released by sled's flusher
     /// thread shortly after the old handle drops, so a held lock is retried for a few seconds.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        Self::open_waiting(path, cache_bytes, std::time::Duration::from_secs(3))
+    }
+
+    /// Opens the store, retrying a held lock for up to `wait`.
+    pub fn open_waiting(
+        path: &Path,
+        cache_bytes: u64,
+        wait: std::time::Duration,
+    ) -> Result<Store, StoreError> {
+        let deadline = std::time::Instant::now() + wait;
         let db = loop {
             let opened = sled::Config::new()
                 .path(path)
@@ -145,6 +195,8 @@ impl Store {
             settings: tree("settings")?,
             decisions: tree("decisions")?,
             tuning: tree("tuning")?,
+            rollups: tree("rollups")?,
+            aggregates: tree("aggregates")?,
             db,
         })
     }
@@ -223,6 +275,27 @@ impl Store {
         }
         if skipped > 0 {
             tracing::warn!(miner, skipped, path = %self.path.display(), "undecodable history records skipped");
+        }
+        Ok(out)
+    }
+
+    /// At most `limit` samples of one miner from `from_ms` (before `to_ms`), oldest first.
+    pub fn window_page(
+        &self,
+        miner: u32,
+        from_ms: u64,
+        to_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Sample>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.samples.range(key(miner, from_ms)..key(miner, to_ms)) {
+            let (_, v) = item.map_err(|e| self.io(e))?;
+            if let Ok(s) = postcard::from_bytes::<Sample>(&v) {
+                out.push(s);
+                if out.len() >= limit {
+                    break;
+                }
+            }
         }
         Ok(out)
     }
