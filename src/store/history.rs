@@ -6,10 +6,11 @@
 //! the exact mean and standard deviation of the samples they came from. Aggregates also carry a
 //! DDSketch per quantity (1 % relative error) for medians and percentiles.
 //!
-//! The compactor walks each miner's raw samples in order from where it last stopped (kept with
-//! the aggregates, in the same atomic batch, so a crash never counts a sample twice), a bounded
-//! number of samples per call, and prunes in bounded batches too: it runs on a blocking thread
-//! beside the polling and never holds anything the pollers wait for.
+//! The compactor walks each miner's raw samples in order from where it last stopped: every
+//! complete 5-minute bucket into rollups; once a day the samples older than `raw_for` into the
+//! aggregates (written with its progress in one atomic batch, so a crash never counts a sample
+//! twice), and then out of the raw tier. Each call does a bounded amount of work; it runs on a
+//! blocking thread beside the polling and holds nothing the pollers wait for.
 
 use super::{Sample, Store, StoreError};
 use crate::miner::ClockConfig;
@@ -21,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The rollup period.
 pub const BUCKET_MS: u64 = 300_000;
+/// Raw samples are folded into the aggregates and pruned a whole (UTC) day at a time.
+const DAY_MS: u64 = 86_400_000;
 /// A gap longer than this between two samples ends a session (the miner was off or offline)
 /// and does not count as runtime.
 pub const SESSION_GAP_MS: u64 = 600_000;
@@ -428,9 +431,12 @@ impl Continuity {
 /// What the compactor has done for one miner.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 struct Progress {
-    /// Samples before this are in rollups and aggregates.
-    done_to_ms: u64,
-    continuity: Continuity,
+    /// Samples before this are in rollups.
+    rolled_to_ms: u64,
+    rolling: Continuity,
+    /// Samples before this are in the aggregates (and pruned from the raw tier).
+    folded_to_ms: u64,
+    folding: Continuity,
 }
 
 /// How long each tier is kept.
@@ -535,8 +541,13 @@ impl Store {
     }
 
     /// Rolls up a miner's raw samples from where it last stopped to the last complete bucket
-    /// (at most about `budget` samples), then prunes raw samples older than `raw_for` (only
-    /// those already rolled up) and rollups older than `rollup_for`, at most `budget` of each.
+    /// (at most about `budget` samples); then, once a day, folds the raw samples older than
+    /// `raw_for` into the aggregates and prunes them (at most `budget`), and prunes rollups
+    /// older than `rollup_for` (at most `budget`).
+    ///
+    /// The aggregates are rewritten once a day per miner, not with every bucket: sled keeps
+    /// every rewrite in its log until it reclaims the segment, so a record rewritten every five
+    /// minutes costs far more disk than its size.
     pub fn compact(
         &self,
         miner: u32,
@@ -548,97 +559,28 @@ impl Store {
         let progress = match self.progress(miner)? {
             Some(p) => Some(p),
             None => self.first_raw_ms(miner).map(|first| Progress {
-                done_to_ms: bucket_of(first),
-                continuity: Continuity::default(),
+                rolled_to_ms: bucket_of(first),
+                folded_to_ms: bucket_of(first),
+                ..Progress::default()
             }),
         };
         let Some(mut progress) = progress else {
             return Ok(out);
         };
         let target = bucket_of(now_ms.saturating_sub(GRACE_MS));
-        if progress.done_to_ms < target {
-            let mut building: BTreeMap<(u64, ConfigKey), Building> = BTreeMap::new();
-            let mut deltas: BTreeMap<ConfigKey, Aggregate> = BTreeMap::new();
-            let mut done_to = target;
-            let range = super::key(miner, progress.done_to_ms)..super::key(miner, target);
-            for item in self.samples.range(range) {
-                let (_, v) = item.map_err(|e| self.io(e))?;
-                let Ok(s) = postcard::from_bytes::<Sample>(&v) else {
-                    continue;
-                };
-                let bucket = bucket_of(s.at_ms);
-                if out.samples >= budget && building.keys().all(|(b, _)| *b < bucket) {
-                    done_to = bucket;
-                    out.more = true;
-                    break;
-                }
-                out.samples += 1;
-                let config = ConfigKey::of(s.clock);
-                let (new_session, runtime) = progress.continuity.step(s.at_ms, config);
-                let b = building.entry((bucket, config)).or_insert(Building {
-                    first: s.at_ms,
-                    last: s.at_ms,
-                    samples: 0,
-                    runtime_ms: 0,
-                    sessions: 0,
-                    stats: Default::default(),
-                });
-                b.last = s.at_ms;
-                b.samples += 1;
-                b.runtime_ms += runtime;
-                b.sessions += u16::from(new_session);
-                for m in Metric::ALL {
-                    if let Some(x) = m.of(&s) {
-                        b.stats[m as usize].add(x);
-                    }
-                }
-                let d = deltas.entry(config).or_insert_with(Aggregate::sketched);
-                d.add_sample(&s);
-                d.runtime_ms += runtime;
-                d.sessions += u64::from(new_session);
-            }
-            // Rollups first: written again after a crash, they come out the same.
-            let mut rollups = sled::Batch::default();
-            for ((bucket, config), b) in &building {
-                let r = Rollup {
-                    first_s: ((b.first - bucket) / 1000) as u16,
-                    last_s: ((b.last - bucket) / 1000) as u16,
-                    samples: b.samples,
-                    runtime_ms: b.runtime_ms.min(u32::MAX.into()) as u32,
-                    sessions: b.sessions,
-                    stats: std::array::from_fn(|m| (&b.stats[m]).into()),
-                };
-                let bytes = postcard::to_stdvec(&r).map_err(|e| self.io(e))?;
-                rollups.insert(&rollup_key(miner, *bucket, *config), bytes);
-            }
-            self.rollups.apply_batch(rollups).map_err(|e| self.io(e))?;
-            out.rollups = building.len();
-            // The aggregates and the progress together, atomically.
-            let mut batch = sled::Batch::default();
-            for (config, delta) in deltas {
-                let key = aggregate_key(miner, config.bytes());
-                let mut agg = match self.aggregates.get(key).map_err(|e| self.io(e))? {
-                    Some(v) => postcard::from_bytes(&v).unwrap_or_else(|_| Aggregate::sketched()),
-                    None => Aggregate::sketched(),
-                };
-                agg.merge(&delta);
-                batch.insert(&key, postcard::to_stdvec(&agg).map_err(|e| self.io(e))?);
-            }
-            progress.done_to_ms = done_to;
-            batch.insert(
-                &aggregate_key(miner, PROGRESS),
-                postcard::to_stdvec(&progress).map_err(|e| self.io(e))?,
-            );
-            self.aggregates.apply_batch(batch).map_err(|e| self.io(e))?;
+        if progress.rolled_to_ms < target {
+            self.roll_up(miner, &mut progress, target, budget, &mut out)?;
         }
-        // Raw samples go only once rolled up, and at a bucket boundary.
-        let raw_cut = progress
-            .done_to_ms
-            .min(bucket_of(now_ms.saturating_sub(millis(retention.raw_for))));
+        // Raw samples go a whole day at a time, once rolled up.
+        let cut = (now_ms.saturating_sub(millis(retention.raw_for)) / DAY_MS * DAY_MS)
+            .min(progress.rolled_to_ms);
+        if progress.folded_to_ms < cut {
+            self.fold(miner, &mut progress, cut, budget, &mut out)?;
+        }
         out.raw_pruned = self.remove_range(
             &self.samples,
             &super::key(miner, 0),
-            &super::key(miner, raw_cut),
+            &super::key(miner, progress.folded_to_ms),
             budget,
         )?;
         let rollup_cut = bucket_of(now_ms.saturating_sub(millis(retention.rollup_for)));
@@ -650,6 +592,135 @@ impl Store {
         )?;
         out.more |= out.raw_pruned >= budget || out.rollups_pruned >= budget;
         Ok(out)
+    }
+
+    fn save_progress(
+        &self,
+        batch: &mut sled::Batch,
+        miner: u32,
+        p: &Progress,
+    ) -> Result<(), StoreError> {
+        batch.insert(
+            &aggregate_key(miner, PROGRESS),
+            postcard::to_stdvec(p).map_err(|e| self.io(e))?,
+        );
+        Ok(())
+    }
+
+    /// Samples from `rolled_to_ms` up to `target` (whole buckets, about `budget` samples) into
+    /// rollups.
+    fn roll_up(
+        &self,
+        miner: u32,
+        progress: &mut Progress,
+        target: u64,
+        budget: usize,
+        out: &mut Compacted,
+    ) -> Result<(), StoreError> {
+        let mut building: BTreeMap<(u64, ConfigKey), Building> = BTreeMap::new();
+        let mut done_to = target;
+        let mut current_bucket = None;
+        let range = super::key(miner, progress.rolled_to_ms)..super::key(miner, target);
+        for item in self.samples.range(range) {
+            let (_, v) = item.map_err(|e| self.io(e))?;
+            let Ok(s) = postcard::from_bytes::<Sample>(&v) else {
+                continue;
+            };
+            let bucket = bucket_of(s.at_ms);
+            if out.samples >= budget && current_bucket != Some(bucket) {
+                done_to = bucket;
+                out.more = true;
+                break;
+            }
+            current_bucket = Some(bucket);
+            out.samples += 1;
+            let config = ConfigKey::of(s.clock);
+            let (new_session, runtime) = progress.rolling.step(s.at_ms, config);
+            let b = building.entry((bucket, config)).or_insert(Building {
+                first: s.at_ms,
+                last: s.at_ms,
+                samples: 0,
+                runtime_ms: 0,
+                sessions: 0,
+                stats: Default::default(),
+            });
+            b.last = s.at_ms;
+            b.samples += 1;
+            b.runtime_ms += runtime;
+            b.sessions += u16::from(new_session);
+            for m in Metric::ALL {
+                if let Some(x) = m.of(&s) {
+                    b.stats[m as usize].add(x);
+                }
+            }
+        }
+        // Rollups first: written again after a crash, they come out the same.
+        let mut rollups = sled::Batch::default();
+        for ((bucket, config), b) in &building {
+            let r = Rollup {
+                first_s: ((b.first - bucket) / 1000) as u16,
+                last_s: ((b.last - bucket) / 1000) as u16,
+                samples: b.samples,
+                runtime_ms: b.runtime_ms.min(u32::MAX.into()) as u32,
+                sessions: b.sessions,
+                stats: std::array::from_fn(|m| (&b.stats[m]).into()),
+            };
+            let bytes = postcard::to_stdvec(&r).map_err(|e| self.io(e))?;
+            rollups.insert(&rollup_key(miner, *bucket, *config), bytes);
+        }
+        self.rollups.apply_batch(rollups).map_err(|e| self.io(e))?;
+        out.rollups += building.len();
+        progress.rolled_to_ms = done_to;
+        let mut batch = sled::Batch::default();
+        self.save_progress(&mut batch, miner, progress)?;
+        self.aggregates.apply_batch(batch).map_err(|e| self.io(e))
+    }
+
+    /// Samples from `folded_to_ms` up to `cut` (at most `budget`) into the aggregates, which
+    /// are written with the progress in one atomic batch: a crash never counts one twice.
+    fn fold(
+        &self,
+        miner: u32,
+        progress: &mut Progress,
+        cut: u64,
+        budget: usize,
+        out: &mut Compacted,
+    ) -> Result<(), StoreError> {
+        let mut deltas: BTreeMap<ConfigKey, Aggregate> = BTreeMap::new();
+        let mut done_to = cut;
+        let mut folded = 0usize;
+        let range = super::key(miner, progress.folded_to_ms)..super::key(miner, cut);
+        for item in self.samples.range(range) {
+            let (_, v) = item.map_err(|e| self.io(e))?;
+            let Ok(s) = postcard::from_bytes::<Sample>(&v) else {
+                continue;
+            };
+            if folded >= budget {
+                done_to = s.at_ms;
+                out.more = true;
+                break;
+            }
+            folded += 1;
+            let config = ConfigKey::of(s.clock);
+            let (new_session, runtime) = progress.folding.step(s.at_ms, config);
+            let d = deltas.entry(config).or_insert_with(Aggregate::sketched);
+            d.add_sample(&s);
+            d.runtime_ms += runtime;
+            d.sessions += u64::from(new_session);
+        }
+        let mut batch = sled::Batch::default();
+        for (config, delta) in deltas {
+            let key = aggregate_key(miner, config.bytes());
+            let mut agg = match self.aggregates.get(key).map_err(|e| self.io(e))? {
+                Some(v) => postcard::from_bytes(&v).unwrap_or_else(|_| Aggregate::sketched()),
+                None => Aggregate::sketched(),
+            };
+            agg.merge(&delta);
+            batch.insert(&key, postcard::to_stdvec(&agg).map_err(|e| self.io(e))?);
+        }
+        progress.folded_to_ms = done_to;
+        self.save_progress(&mut batch, miner, progress)?;
+        self.aggregates.apply_batch(batch).map_err(|e| self.io(e))
     }
 
     fn remove_range(
@@ -704,7 +775,7 @@ impl Store {
             let (k, v) = item.map_err(|e| self.io(e))?;
             if k[4..] == PROGRESS {
                 let progress: Progress = postcard::from_bytes(&v).unwrap_or_default();
-                out.done_to_ms = progress.done_to_ms;
+                out.done_to_ms = progress.folded_to_ms;
             } else if let (Some(config), Ok(agg)) = (
                 ConfigKey::from_bytes(&k[4..]),
                 postcard::from_bytes::<Aggregate>(&v),
@@ -717,7 +788,8 @@ impl Store {
 
     /// Bytes the store takes on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.db.size_on_disk().map_err(|e| self.io(e))
+        let raw = self.raw.size_on_disk().map_err(|e| self.io(e))?;
+        Ok(raw + self.db.size_on_disk().map_err(|e| self.io(e))?)
     }
 }
 
@@ -867,16 +939,12 @@ mod tests {
             }
         }
         assert_eq!(total.samples, raw.len());
-        // Everything before a day ago is gone from the raw tier, the rest is kept.
-        let cut = bucket_of(now - day);
-        assert_eq!(
-            store.first_raw_ms(m),
-            raw.iter().map(|s| s.at_ms).find(|t| *t >= cut)
-        );
-        assert_eq!(
-            total.raw_pruned,
-            raw.iter().filter(|s| s.at_ms < cut).count()
-        );
+        // Raw samples go a whole day at a time: the first day's are gone, the second's kept.
+        let cut = (now - day) / day * day;
+        assert_eq!(cut, t0 + day);
+        assert_eq!(store.first_raw_ms(m), Some(t0 + day));
+        let first_day = raw.iter().filter(|s| s.at_ms < cut).count();
+        assert_eq!(total.raw_pruned, first_day);
 
         let rollups = store.rollups(m, 0, u64::MAX).unwrap();
         for (bucket, config, r) in &rollups {
@@ -903,6 +971,28 @@ mod tests {
             raw.len()
         );
 
+        // The aggregates hold the pruned samples: all of the first day.
+        let aggs = store.aggregates(m).unwrap();
+        assert_eq!(aggs.done_to_ms, cut);
+        let held: u64 = aggs.configs.iter().map(|(_, a)| a.samples).sum();
+        assert_eq!(held as usize, first_day);
+
+        // Nothing new: calling again changes nothing.
+        let again = store.compact(m, now, &retention, 500).unwrap();
+        assert_eq!(again, Compacted::default());
+        // A year on, the rollups go too; the aggregates stay.
+        let later = now + 366 * day;
+        let mut pruned = 0;
+        loop {
+            let c = store.compact(m, later, &retention, 500).unwrap();
+            pruned += c.rollups_pruned;
+            if !c.more {
+                break;
+            }
+        }
+        assert_eq!(pruned, rollups.len());
+        // ...and everything is in the aggregates: exact counts and means, percentiles close.
+        assert_eq!(store.first_raw_ms(m), None);
         let aggs = store.aggregates(m).unwrap().configs;
         assert_eq!(aggs.len(), 2);
         for (config, agg) in &aggs {
@@ -921,21 +1011,5 @@ mod tests {
         // counts 30 s per sample after the first of each.
         assert_eq!(at600.sessions, 2);
         assert_eq!(at600.runtime_ms, (at600.samples - 2) * 30_000);
-
-        // Nothing new: calling again changes nothing.
-        let again = store.compact(m, now, &retention, 500).unwrap();
-        assert_eq!(again, Compacted::default());
-        // A year on, the rollups go too; the aggregates stay.
-        let later = now + 366 * day;
-        let mut pruned = 0;
-        loop {
-            let c = store.compact(m, later, &retention, 500).unwrap();
-            pruned += c.rollups_pruned;
-            if !c.more {
-                break;
-            }
-        }
-        assert_eq!(pruned, rollups.len());
-        assert_eq!(store.aggregates(m).unwrap().configs.len(), 2);
     }
 }

@@ -8,7 +8,9 @@
 //! `prices` keeps price slots, `energy` each miner's energy meter, `settings` run-time switches,
 //! `decisions` what the strategy and the watchdog decided, `tuning` each miner's sweep under way
 //! (so a restart can put its settings back) and its last sweep's results. `rollups` and
-//! `aggregates` are the older tiers of the samples ([`history`]).
+//! `aggregates` are the older tiers of the samples ([`history`]). The raw samples live in a
+//! second sled database beside the first (`<store.path>.samples`): pruned every day, they would
+//! otherwise share a log with trees that only grow, and sled would not give their space back.
 
 pub mod history;
 
@@ -108,6 +110,8 @@ pub struct Store {
     path: PathBuf,
     db: sled::Db,
     miners: sled::Tree,
+    /// In a database of their own (`raw`): sled reclaims the space of pruned samples only
+    /// when they do not share its log with trees that keep growing (docs/BENCHMARKS.md).
     samples: sled::Tree,
     names: sled::Tree,
     /// The retained discovery topics this daemon has published: the only ones it may ever clear.
@@ -129,6 +133,8 @@ pub struct Store {
     /// Per-clock-config aggregates, keyed `[miner u32][MHz u16][mV u16]`, and the compactor's
     /// progress per miner.
     aggregates: sled::Tree,
+    /// The raw samples' database, at `<path>.samples`.
+    raw: sled::Db,
 }
 
 /// A stored price slot.
@@ -145,6 +151,40 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Opens one sled database, retrying a held lock until `deadline`.
+///
+/// New databases are compressed (zstd): half the disk for about twice the CPU per write
+/// (docs/BENCHMARKS.md). sled refuses to open a database with another setting than it was made
+/// with, so an existing one keeps its own.
+fn open_db(
+    path: &Path,
+    cache_bytes: u64,
+    deadline: std::time::Instant,
+) -> Result<sled::Db, StoreError> {
+    // (The file ends in a binary checksum: read it as bytes.)
+    let compressed = match std::fs::read(path.join("conf")) {
+        Ok(conf) => conf
+            .split(|b| *b == b'\n')
+            .any(|l| l.trim_ascii() == b"use_compression: true"),
+        Err(_) => true,
+    };
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes.max(1 << 20))
+            .mode(sled::Mode::LowSpace)
+            .use_compression(compressed)
+            .open()
+            .map_err(|e| Store::open_error(path, e));
+        match opened {
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn key(miner: u32, at_ms: u64) -> [u8; 12] {
@@ -169,25 +209,16 @@ impl Store {
         wait: std::time::Duration,
     ) -> Result<Store, StoreError> {
         let deadline = std::time::Instant::now() + wait;
-        let db = loop {
-            let opened = sled::Config::new()
-                .path(path)
-                .cache_capacity(cache_bytes)
-                .mode(sled::Mode::LowSpace)
-                .open()
-                .map_err(|e| Self::open_error(path, e));
-            match opened {
-                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                other => break other?,
-            }
-        };
+        let db = open_db(path, cache_bytes / 2, deadline)?;
+        let raw_path = Self::raw_path(path);
+        let raw = open_db(&raw_path, cache_bytes / 2, deadline)?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| Self::open_error(path, e));
-        Ok(Store {
+        let store = Store {
             path: path.to_path_buf(),
             miners: tree("miners")?,
-            samples: tree("samples")?,
+            samples: raw
+                .open_tree("samples")
+                .map_err(|e| Self::open_error(&raw_path, e))?,
             names: tree("names")?,
             owned: tree("owned_discovery")?,
             prices: tree("prices")?,
@@ -198,7 +229,53 @@ impl Store {
             rollups: tree("rollups")?,
             aggregates: tree("aggregates")?,
             db,
-        })
+            raw,
+        };
+        store.move_old_samples()?;
+        Ok(store)
+    }
+
+    /// Where the raw samples are kept: beside the store, `<store.path>.samples`.
+    pub fn raw_path(path: &Path) -> PathBuf {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".samples");
+        path.with_file_name(name)
+    }
+
+    /// Stores from before the raw samples had a database of their own kept them in the main
+    /// one: they move over once.
+    fn move_old_samples(&self) -> Result<(), StoreError> {
+        if !self
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == b"samples")
+        {
+            return Ok(());
+        }
+        let old = self.db.open_tree("samples").map_err(|e| self.io(e))?;
+        let mut moved = 0usize;
+        loop {
+            let chunk: Vec<(sled::IVec, sled::IVec)> =
+                old.iter().take(10_000).filter_map(Result::ok).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let (mut add, mut remove) = (sled::Batch::default(), sled::Batch::default());
+            for (k, v) in &chunk {
+                add.insert(k.clone(), v.clone());
+                remove.remove(k.clone());
+            }
+            self.samples.apply_batch(add).map_err(|e| self.io(e))?;
+            old.apply_batch(remove).map_err(|e| self.io(e))?;
+            moved += chunk.len();
+        }
+        self.raw.flush().map_err(|e| self.io(e))?;
+        self.db.drop_tree("samples").map_err(|e| self.io(e))?;
+        if moved > 0 {
+            tracing::info!(moved, path = %Self::raw_path(&self.path).display(), "raw samples moved to their own database");
+        }
+        Ok(())
     }
 
     fn open_error(path: &Path, e: sled::Error) -> StoreError {
@@ -519,7 +596,8 @@ impl Store {
 
     /// Writes everything to disk; called on shutdown.
     pub fn flush(&self) -> Result<usize, StoreError> {
-        self.db.flush().map_err(|e| self.io(e))
+        let raw = self.raw.flush().map_err(|e| self.io(e))?;
+        Ok(raw + self.db.flush().map_err(|e| self.io(e))?)
     }
 
     pub fn path(&self) -> &Path {
@@ -593,6 +671,44 @@ mod tests {
         let a = store.miner_number("aa").unwrap();
         assert_eq!(store.window(a, 0, u64::MAX).unwrap().len(), 1);
         assert_eq!(store.hardware_id_of("bitaxe-1").as_deref(), Some("aa"));
+    }
+
+    /// Stores made before compression was turned on keep opening (sled refuses a store opened
+    /// with another compression setting than it was made with), and their samples move to the
+    /// raw database.
+    #[test]
+    fn an_uncompressed_store_from_before_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h");
+        {
+            let old = sled::Config::new().path(&path).open().unwrap();
+            old.open_tree("miners")
+                .unwrap()
+                .insert("aa", &7u32.to_be_bytes())
+                .unwrap();
+            // Its samples were in the main database then.
+            let sample = Sample::from_telemetry(5, &telemetry(1.0));
+            old.open_tree("samples")
+                .unwrap()
+                .insert(key(7, 5), postcard::to_stdvec(&sample).unwrap())
+                .unwrap();
+            old.flush().unwrap();
+        }
+        let store = Store::open(&path, 1 << 20).unwrap();
+        assert_eq!(store.miner_number("aa").unwrap(), 7);
+        assert_eq!(
+            store.window(7, 0, 10).unwrap().len(),
+            1,
+            "moved to the raw database"
+        );
+        drop(store);
+        let store = Store::open(&path, 1 << 20).unwrap();
+        assert_eq!(store.window(7, 0, 10).unwrap().len(), 1, "and moved once");
+        let fresh = dir.path().join("new");
+        drop(Store::open(&fresh, 1 << 20).unwrap());
+        let conf = std::fs::read(fresh.join("conf")).unwrap();
+        let conf = String::from_utf8_lossy(&conf);
+        assert!(conf.contains("use_compression: true"), "{conf}");
     }
 
     #[test]

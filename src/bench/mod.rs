@@ -5,6 +5,8 @@
 //! process alone. A subscriber counts what reaches the broker. The bench uses its own base topic
 //! and discovery prefix so it never adds devices to a real Home Assistant.
 
+pub mod history;
+
 use anyhow::Context;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::io::{BufRead, BufReader, Write};
@@ -22,7 +24,8 @@ pub struct BenchArgs {
     pub miners: u32,
     /// Which family: axeos (ESP-Miner over HTTP) or avalon (cgminer over TCP); or `strategy`:
     /// the energy strategy's tick (bands, champion selection, targets) for that many miners,
-    /// in process, no network.
+    /// in process, no network; or `history`: the store's disk and query costs over a simulated
+    /// `--duration` (such as 30d) of samples every `--interval`, in fast time.
     #[arg(long, default_value = "axeos")]
     pub kind: String,
     /// How often the daemon polls each miner.
@@ -81,6 +84,12 @@ fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.kind == "history" {
+        return tokio::task::spawn_blocking(move || {
+            history::run(args.miners, args.interval, args.duration)
+        })
+        .await?;
+    }
     let _ = rlimit::increase_nofile_limit(args.miners as u64 * 3 + 4096);
     let exe = std::env::current_exe()?;
     let work = std::env::temp_dir().join(format!("miner2mqtt-bench-{}", std::process::id()));
@@ -99,7 +108,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         "axeos" => vec!["simulate", "--axeos", &n, "--firmware", "v2.12"],
         "avalon" => vec!["simulate", "--axeos", "0", "--avalon", &n],
-        other => anyhow::bail!("--kind {other:?}: use axeos or avalon"),
+        other => anyhow::bail!("--kind {other:?}: use axeos, avalon, strategy or history"),
     };
     eprintln!("bench: starting {n} simulated {} miners", args.kind);
     let mut sim = Kill(
