@@ -742,6 +742,19 @@ mod tests {
         assert!(csv(&[report]).lines().count() == 5);
     }
 
+    #[test]
+    fn since_takes_a_duration_a_date_or_a_time_and_says_what_it_wanted() {
+        let now = 1_764_633_600_000; // 2025-12-02T00:00:00Z
+        assert_eq!(parse_since("7d", now), Ok(now - 7 * 86_400_000));
+        assert_eq!(parse_since("2025-12-01", now), Ok(now - 86_400_000));
+        assert_eq!(
+            parse_since("2025-12-01T12:00:00Z", now),
+            Ok(now - 43_200_000)
+        );
+        let e = parse_since("last tuesday", now).unwrap_err();
+        assert!(e.contains("\"last tuesday\"") && e.contains("7d"), "{e}");
+    }
+
     /// Once compacted and pruned, the all-time report (aggregates) and a span report (rollups)
     /// give the raw means.
     #[test]
