@@ -64,12 +64,22 @@ pub struct ConfigReport {
     pub exact_percentiles: bool,
 }
 
+/// `525 MHz / 1150 mV`, or `stock` for a miner that reports no clock.
+pub fn config_label(frequency_mhz: Option<u32>, core_voltage_mv: Option<u32>) -> String {
+    let clock = frequency_mhz
+        .zip(core_voltage_mv)
+        .map(
+            |(frequency_mhz, core_voltage_mv)| crate::miner::ClockConfig {
+                frequency_mhz,
+                core_voltage_mv,
+            },
+        );
+    ConfigKey::of(clock).to_string()
+}
+
 impl ConfigReport {
     pub fn label(&self) -> String {
-        match (self.frequency_mhz, self.core_voltage_mv) {
-            (Some(f), Some(v)) => format!("{f} MHz / {v} mV"),
-            _ => "stock".into(),
-        }
+        config_label(self.frequency_mhz, self.core_voltage_mv)
     }
 
     pub fn metric(&self, m: Metric) -> &MetricReport {
@@ -424,10 +434,7 @@ fn num(x: Option<f64>, d: usize) -> String {
 fn pick_line(label: &str, p: &Option<Pick>) -> String {
     match p {
         Some(p) => {
-            let config = match (p.frequency_mhz, p.core_voltage_mv) {
-                (Some(f), Some(v)) => format!("{f} MHz / {v} mV"),
-                _ => "stock".into(),
-            };
+            let config = config_label(p.frequency_mhz, p.core_voltage_mv);
             format!(
                 "  {label:<16} {config}: {:.1} GH/s, {:.2} W, {:.2} J/TH\n",
                 p.hashrate, p.power, p.j_per_th
@@ -505,10 +512,7 @@ pub fn table(r: &Report) -> String {
     if !r.sessions.is_empty() {
         out.push_str("\nsessions:\n");
         for s in &r.sessions {
-            let config = match (s.frequency_mhz, s.core_voltage_mv) {
-                (Some(f), Some(v)) => format!("{f} MHz / {v} mV"),
-                _ => "stock".into(),
-            };
+            let config = config_label(s.frequency_mhz, s.core_voltage_mv);
             out.push_str(&format!(
                 "  {} → {}  {:<20} {:>6} samples  {:>9} GH/s {:>7} W\n",
                 time(s.start_ms),

@@ -49,10 +49,7 @@ pub fn draw(reports: &[Report], path: &Path) -> anyhow::Result<()> {
 }
 
 fn label(p: &Pick) -> String {
-    match (p.frequency_mhz, p.core_voltage_mv) {
-        (Some(f), Some(v)) => format!("{f} MHz / {v} mV"),
-        _ => "stock".into(),
-    }
+    super::config_label(p.frequency_mhz, p.core_voltage_mv)
 }
 
 fn chart<DB: DrawingBackend>(
