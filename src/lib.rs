@@ -38,7 +38,8 @@
 //!   a Tasmota plug over MQTT and Home Assistant's REST API, both powering simulated Bitaxes),
 //!   sharing no code with the
 //!   adapters and checked key by key against real captures (tests/sim_fidelity.rs).
-//! - [`demo`] and [`bench`]: the one-command demo and the load benchmark.
+//! - [`demo`] and [`bench`]: the one-command demo and the load benchmark (`bench::history`: the
+//!   history's disk, compaction and query costs over simulated days).
 
 // serde_json's json! macro recurses once per token; the simulators' payloads are large.
 #![recursion_limit = "256"]
