@@ -1227,15 +1227,25 @@ mod tests {
 
     #[test]
     fn the_example_config_in_the_repository_loads_with_the_documented_safety_values() {
-        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml"));
-        let c = load(path, true).unwrap_or_else(|e| panic!("config.yaml: {e}"));
-        assert_eq!(
-            c.safety,
-            Safety::default(),
-            "config.yaml states the defaults"
-        );
-        assert_eq!(c.alerts, Alerts::default());
-        assert_eq!(c.benchmark, crate::tuning::sweep::SweepConfig::default());
+        // In a Jail: it reads the environment, which the tests that set MINER2MQTT_* in theirs
+        // would otherwise change under it (it failed once on another test's password file).
+        figment::Jail::expect_with(|_| {
+            let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml"));
+            let c = load(path, true).unwrap_or_else(|e| panic!("config.yaml: {e}"));
+            assert_eq!(
+                c.safety,
+                Safety::default(),
+                "config.yaml states the defaults"
+            );
+            assert_eq!(c.alerts, Alerts::default());
+            assert_eq!(c.benchmark, crate::tuning::sweep::SweepConfig::default());
+            assert_eq!(
+                c.store_retention,
+                crate::store::history::Retention::default()
+            );
+            assert_eq!(c.store_compact_every, Duration::from_secs(60));
+            Ok(())
+        });
     }
     use figment::providers::Yaml;
 
