@@ -141,6 +141,13 @@ async fn a_sweep_shows_its_progress_finds_the_chips_best_and_puts_its_settings_b
     let fastest = &done["best_hashrate"];
     assert!(best["j_per_th"].as_f64().unwrap() > 10.0, "{done}");
     assert!(fastest["hashrate"].as_f64().unwrap() >= best["hashrate"].as_f64().unwrap());
+    // The finished state may reach the broker after the finished event: wait for it first.
+    let last = rig
+        .ha
+        .wait_for("miner2mqtt/gamma/benchmark", WAIT, |m| {
+            m.json()["status"] == "finished"
+        })
+        .await;
     // The progress went up step by step, retained, to 100 with the results as attributes.
     let progress: Vec<u64> = rig
         .ha
@@ -151,12 +158,6 @@ async fn a_sweep_shows_its_progress_finds_the_chips_best_and_puts_its_settings_b
         .collect();
     assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
     assert_eq!(progress.last(), Some(&100));
-    let last = rig
-        .ha
-        .wait_for("miner2mqtt/gamma/benchmark", WAIT, |m| {
-            m.json()["status"] == "finished"
-        })
-        .await;
     assert!(last.retain || last.json()["best_efficiency"].is_object());
     // Back on its own settings; every step tried was within the miner's limits.
     at_clock(&rig, 525, 1150).await;
