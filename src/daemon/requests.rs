@@ -50,32 +50,46 @@ fn time_field(req: &Value, key: &str, now: u64) -> Result<Option<u64>, String> {
     }
 }
 
+/// A whole number in a request: `default` when absent, else within `range` (`what` says the
+/// range in words for the error).
+fn whole_number(
+    req: &Value,
+    key: &str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+    what: &str,
+) -> Result<u64, String> {
+    match req.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| format!("\"{key}\" must be a whole number {what}, got {v}")),
+    }
+}
+
 impl Hub {
     /// A miner's name and store number.
     fn history_number(&self, name: &str) -> Result<u32, String> {
-        let hwid = self
+        let slot = self
             .slots
             .iter()
             .find(|s| s.config.name == name)
-            .map(|s| {
-                s.hardware_id
-                    .clone()
-                    .ok_or("that miner has not been identified yet")
-            })
-            .unwrap_or_else(|| Err("no miner has that name"))
-            .map_err(|e| format!("{e}: {name:?}"))?;
-        self.store.miner_number(&hwid).map_err(|e| e.to_string())
+            .ok_or_else(|| format!("no miner is named {name:?}"))?;
+        if let Some(n) = slot.store_number {
+            return Ok(n);
+        }
+        let hwid = slot
+            .hardware_id
+            .as_deref()
+            .ok_or_else(|| format!("{name:?} has not been identified yet"))?;
+        self.store.miner_number(hwid).map_err(|e| e.to_string())
     }
 
     fn report_job(&self, req: &Value) -> Result<Job, String> {
         let now = millis(SystemTime::now());
         let since_ms = time_field(req, "since", now)?;
-        let min_samples = match req.get("min_samples") {
-            None | Some(Value::Null) => 20,
-            Some(v) => v
-                .as_u64()
-                .ok_or_else(|| format!("\"min_samples\" must be a whole number, got {v}"))?,
-        };
+        let min_samples = whole_number(req, "min_samples", 20, 0..=u64::MAX, "(0 or more)")?;
         let miners: Vec<(String, u32)> = match req.get("miner") {
             None | Some(Value::Null) => self
                 .slots
@@ -113,15 +127,13 @@ impl Hub {
         let n = self.history_number(name)?;
         let since = time_field(req, "since", now)?.unwrap_or(0);
         let until = time_field(req, "until", now)?.unwrap_or(now + 1);
-        let limit = match req.get("limit") {
-            None | Some(Value::Null) => 2000,
-            Some(v) => v
-                .as_u64()
-                .filter(|l| (1..=MAX_EXPORT_PAGE).contains(l))
-                .ok_or_else(|| {
-                    format!("\"limit\" must be a whole number from 1 to {MAX_EXPORT_PAGE}, got {v}")
-                })?,
-        };
+        let limit = whole_number(
+            req,
+            "limit",
+            2000,
+            1..=MAX_EXPORT_PAGE,
+            &format!("from 1 to {MAX_EXPORT_PAGE}"),
+        )?;
         Ok(Box::new(move |store: &Store| {
             let samples = store
                 .window_page(n, since, until, limit as usize)
@@ -160,25 +172,14 @@ impl Hub {
             .and_then(Value::as_str)
             .ok_or("history needs \"miner\": the miner's name")?;
         const MAX_MINUTES: u64 = 60 * 24 * 31;
-        let minutes = match req.get("minutes") {
-            None | Some(Value::Null) => 60,
-            Some(v) => v
-                .as_u64()
-                .filter(|m| (1..=MAX_MINUTES).contains(m))
-                .ok_or_else(|| {
-                    format!("\"minutes\" must be a whole number from 1 to {MAX_MINUTES} (31 days), got {v}")
-                })?,
-        };
-        let slot = self
-            .slots
-            .iter()
-            .find(|s| s.config.name == name)
-            .ok_or_else(|| format!("no miner is named {name:?}"))?;
-        let hwid = slot
-            .hardware_id
-            .as_deref()
-            .ok_or("that miner has not been identified yet")?;
-        let n = self.store.miner_number(hwid).map_err(|e| e.to_string())?;
+        let minutes = whole_number(
+            req,
+            "minutes",
+            60,
+            1..=MAX_MINUTES,
+            &format!("from 1 to {MAX_MINUTES} (31 days)"),
+        )?;
+        let n = self.history_number(name)?;
         let now = millis(SystemTime::now());
         let mut samples = self
             .store
@@ -192,15 +193,7 @@ impl Hub {
     /// `{"hours": 24}` → the strategy's decisions (band and champion changes, missing prices)
     /// over that many hours of its clock, oldest first (at most 1000).
     pub(super) fn decisions(&self, req: &Value) -> Result<Value, String> {
-        let hours = match req.get("hours") {
-            None | Some(Value::Null) => 24,
-            Some(v) => v
-                .as_u64()
-                .filter(|h| (1..=24 * 366).contains(h))
-                .ok_or_else(|| {
-                    format!("\"hours\" must be a whole number from 1 to 8784 (a year), got {v}")
-                })?,
-        };
+        let hours = whole_number(req, "hours", 24, 1..=24 * 366, "from 1 to 8784 (a year)")?;
         let now = self.clock.now().timestamp_millis();
         let mut list = self
             .store

@@ -72,13 +72,11 @@ fn open(config: &Config) -> anyhow::Result<Option<Store>> {
 }
 
 /// A miner's store number from its name, without giving out a new one.
-fn number(store: &Store, name: &str) -> Option<u32> {
-    let hwid = store.hardware_id_of(name)?;
-    store
-        .miner_numbers()
-        .into_iter()
-        .find(|(h, _)| *h == hwid)
-        .map(|(_, n)| n)
+fn number(store: &Store, name: &str) -> Result<Option<u32>, StoreError> {
+    match store.hardware_id_of(name) {
+        Some(hwid) => store.known_number(&hwid),
+        None => Ok(None),
+    }
 }
 
 fn check_name(config: &Config, name: &str) -> anyhow::Result<()> {
@@ -115,7 +113,7 @@ pub async fn reports(config: &Config, args: &ReportArgs) -> anyhow::Result<Vec<R
         Some(store) => {
             let mut out = Vec::new();
             for name in &names {
-                match number(&store, name) {
+                match number(&store, name)? {
                     Some(n) => out.push(build(&store, name, n, &query)?),
                     None if args.miner.is_some() => anyhow::bail!(
                         "{name} has no history yet: the daemon has not read it since it was configured"
@@ -175,7 +173,7 @@ pub async fn export(config: &Config, args: &ExportArgs) -> anyhow::Result<String
     };
     let samples: Vec<Sample> = match open(config)? {
         Some(store) => {
-            let n = number(&store, &args.miner)
+            let n = number(&store, &args.miner)?
                 .ok_or_else(|| anyhow::anyhow!("{} has no history yet", args.miner))?;
             store.window(n, since, now + 1)?
         }

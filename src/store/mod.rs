@@ -317,16 +317,21 @@ impl Store {
 
     /// The 4-byte number of a hardware id, given out on first sight.
     pub fn miner_number(&self, hardware_id: &str) -> Result<u32, StoreError> {
-        if let Some(v) = self.miners.get(hardware_id).map_err(|e| self.io(e))? {
-            if let Ok(bytes) = <[u8; 4]>::try_from(v.as_ref()) {
-                return Ok(u32::from_be_bytes(bytes));
-            }
+        if let Some(n) = self.known_number(hardware_id)? {
+            return Ok(n);
         }
         let n = self.db.generate_id().map_err(|e| self.io(e))? as u32;
         self.miners
             .insert(hardware_id, &n.to_be_bytes())
             .map_err(|e| self.io(e))?;
         Ok(n)
+    }
+
+    /// The number a hardware id was given, without giving out a new one.
+    pub fn known_number(&self, hardware_id: &str) -> Result<Option<u32>, StoreError> {
+        let v = self.miners.get(hardware_id).map_err(|e| self.io(e))?;
+        Ok(v.and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
+            .map(u32::from_be_bytes))
     }
 
     /// Appends a sample for a miner.
