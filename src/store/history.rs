@@ -785,12 +785,6 @@ impl Store {
         }
         Ok(out)
     }
-
-    /// Bytes the store takes on disk.
-    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        let raw = self.raw.size_on_disk().map_err(|e| self.io(e))?;
-        Ok(raw + self.db.size_on_disk().map_err(|e| self.io(e))?)
-    }
 }
 
 fn millis(d: Duration) -> u64 {
