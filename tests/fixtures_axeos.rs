@@ -72,6 +72,12 @@ fn v2_10_1_string_difficulty_with_a_space_and_absent_second_sensor() {
     assert_eq!(t.best_difficulty, Some(572.14e6));
     assert_eq!(t.best_session_difficulty, Some(11.90e6));
     assert_eq!(t.expected_hashrate, Some(1632.0));
+    assert_eq!(t.error_percent, None, "v2.10 does not count errors");
+    assert!(info
+        .reading
+        .capabilities
+        .absent_sensors
+        .contains(&"error_percent"));
     assert_eq!(t.vr_temp, Some(68.0));
     assert!(close(t.input_voltage, 4.96875));
     assert!(close(t.current, 20.03125));
@@ -91,6 +97,16 @@ fn v2_11_numeric_difficulty_and_manual_fan_speed() {
     assert_eq!(info.generation, Generation::V2_11);
     assert_eq!(info.reading.telemetry.best_difficulty, Some(572141152.0));
     assert_eq!(info.reading.telemetry.shares_rejected, Some(5));
+    // v2.11 counts the chips' errors; the benchmark's pass criterion uses them.
+    assert_eq!(
+        info.reading.telemetry.error_percent,
+        Some(0.318_133_622_407_913_2)
+    );
+    assert!(!info
+        .reading
+        .capabilities
+        .absent_sensors
+        .contains(&"error_percent"));
 }
 
 #[test]

@@ -180,6 +180,12 @@ fn avalon_readings_from_the_captured_nano3_and_nano3s() {
     assert_eq!(t.shares_accepted, Some(21853));
     assert_eq!(t.best_difficulty, Some(138508908.0));
     assert_eq!(t.auto_fan, None, "the firmware does not say");
+    // What the benchmark's work-mode comparison judges by: the rate the firmware expects in
+    // its mode (`GHSmm`) and the chips' error share (`DH[1.474%]`).
+    assert_eq!(t.expected_hashrate, Some(3381.96));
+    assert_eq!(t.error_percent, Some(1.474));
+    assert!(!r.capabilities.absent_sensors.contains(&"expected_hashrate"));
+    assert!(!r.capabilities.absent_sensors.contains(&"error_percent"));
     assert_eq!(r.capabilities.work_modes, ["low", "medium", "high"]);
     assert!(
         r.capabilities.pools.is_empty(),
@@ -209,6 +215,8 @@ fn avalon_readings_from_the_captured_nano3_and_nano3s() {
     assert_eq!(r.telemetry.frequency, Some(464.89));
     assert_eq!(r.telemetry.hashrate, Some(6598.84));
     assert_eq!(r.telemetry.asic_temp, Some(90.0));
+    assert_eq!(r.telemetry.expected_hashrate, Some(6783.65));
+    assert_eq!(r.telemetry.error_percent, Some(2.374));
 }
 
 #[test]
@@ -228,6 +236,7 @@ fn antminer_reading_from_the_captured_s19pro() {
     assert_eq!(r.identity.firmware.as_deref(), Some("49.0.1.3"));
     assert_eq!(t.hashrate, Some(110566.89));
     assert_eq!(t.expected_hashrate, Some(110000.0));
+    assert_eq!(t.error_percent, Some(0.0), "Device Hardware%");
     assert_eq!(
         t.asic_temp,
         Some(78.0),
@@ -337,7 +346,15 @@ fn an_idle_avalon_q_reads_by_its_own_rules() {
     assert_eq!(t.paused, Some(true), "SoftOFF[4]");
     assert_eq!(t.work_mode.as_deref(), Some("eco"), "WORKMODE[0]");
     assert_eq!(t.hashrate, Some(0.0));
+    assert_eq!(
+        t.expected_hashrate, None,
+        "GHSmm[55032.79] is what it would do, not what it is expected to do in standby"
+    );
     let c = &r.capabilities;
+    assert!(
+        !c.absent_sensors.contains(&"expected_hashrate"),
+        "the sensor stays while it stands by"
+    );
     assert_eq!(c.work_modes, ["eco", "standard", "super"]);
     assert!(c.pause, "the Q has softoff/softon: the mining switch");
     assert!(c.fan_speed && c.restart);

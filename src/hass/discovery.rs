@@ -253,6 +253,7 @@ pub const MINER_SENSORS: &[SensorSpec] = &[
     spec("current", "Current", Some("current"), Some("A"), M, Some(2), None, true),
     spec("shares_accepted", "Accepted shares", None, None, Some("total_increasing"), Some(0), Some("mdi:check-circle-outline"), false),
     spec("shares_rejected", "Rejected shares", None, None, Some("total_increasing"), Some(0), Some("mdi:close-circle-outline"), false),
+    spec("error_percent", "Hash error rate", None, Some("%"), M, Some(2), Some("mdi:alert-circle-outline"), true),
     spec("best_difficulty", "Best difficulty", None, None, M, Some(0), Some("mdi:trophy-outline"), false),
     spec("uptime", "Uptime", Some("duration"), Some("s"), None, Some(0), None, true),
     spec("rssi", "Wi-Fi signal", Some("signal_strength"), Some("dBm"), M, Some(0), None, true),

@@ -125,6 +125,7 @@ pub fn parse_reading(version: &Value, summary: &Value, stats: &Value, pools: &Va
             .filter(|f| *f > 0.0),
         shares_accepted: s["Accepted"].as_u64(),
         shares_rejected: s["Rejected"].as_u64(),
+        error_percent: number(&s["Device Hardware%"]).filter(|e| (0.0..=100.0).contains(e)),
         best_difficulty: number(&s["Best Share"]),
         uptime: s["Elapsed"].as_u64(),
         pool: active
@@ -159,6 +160,9 @@ pub fn parse_reading(version: &Value, summary: &Value, stats: &Value, pools: &Va
     ];
     if fan_rpms.is_empty() {
         absent_sensors.push("fan_rpm");
+    }
+    if telemetry.error_percent.is_none() {
+        absent_sensors.push("error_percent");
     }
     let capabilities = Capabilities {
         absent_sensors,

@@ -411,7 +411,8 @@ pub fn parse_reading(
     let temp = |key: &str| num(key).filter(|t| *t > 0.0);
     let telemetry = Telemetry {
         hashrate: num("GHSspd").or_else(|| s["MHS 5s"].as_f64().map(|m| m / 1000.0)),
-        expected_hashrate: None,
+        // The rate the firmware expects in its work mode; not while it stands by.
+        expected_hashrate: num("GHSmm").filter(|g| *g > 0.0 && working),
         power,
         input_voltage: None,
         current: None,
@@ -425,6 +426,9 @@ pub fn parse_reading(
         core_voltage_actual: None,
         shares_accepted: s["Accepted"].as_u64(),
         shares_rejected: s["Rejected"].as_u64(),
+        // `DH`: the chips' failed nonces as a share of all they returned (Canaan's driver prints
+        // it as b / (a + b) · 100 with a percent sign).
+        error_percent: num("DH").filter(|e| (0.0..=100.0).contains(e)),
         best_difficulty: s["Best Share"].as_f64(),
         best_session_difficulty: None,
         uptime: s["Elapsed"]
@@ -482,13 +486,13 @@ pub fn parse_reading(
         asic_count: 1,
     };
     let known = model.known();
-    let mut absent_sensors = vec![
-        "expected_hashrate",
-        "vr_temp",
-        "input_voltage",
-        "current",
-        "rssi",
-    ];
+    let mut absent_sensors = vec!["vr_temp", "input_voltage", "current", "rssi"];
+    // By whether the firmware prints the key at all, so a unit standing by keeps its sensors.
+    for (key, sensor) in [("GHSmm", "expected_hashrate"), ("DH", "error_percent")] {
+        if blob_get(&blob, key).is_none() {
+            absent_sensors.push(sensor);
+        }
+    }
     if model.power_field() == PowerField::WallPowerOnly && wall.is_none() {
         absent_sensors.extend(["power", "efficiency"]);
     }

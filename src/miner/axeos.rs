@@ -107,6 +107,7 @@ pub fn parse_system_info(body: &[u8]) -> Result<SystemInfo, String> {
         core_voltage_actual: positive(obj, "coreVoltageActual"),
         shares_accepted: number(obj, "sharesAccepted").map(|n| n as u64),
         shares_rejected: number(obj, "sharesRejected").map(|n| n as u64),
+        error_percent: number(obj, "errorPercentage").filter(|e| (0.0..=100.0).contains(e)),
         best_difficulty: obj.get("bestDiff").as_ref().and_then(difficulty),
         best_session_difficulty: obj.get("bestSessionDiff").as_ref().and_then(difficulty),
         uptime: number(obj, "uptimeSeconds").map(|n| n as u64),
@@ -148,6 +149,10 @@ pub fn parse_system_info(body: &[u8]) -> Result<SystemInfo, String> {
         absent_sensors: Vec::new(),
         extra_sensors: Vec::new(),
     };
+    if telemetry.error_percent.is_none() {
+        // Firmware before v2.11 does not count its errors.
+        capabilities.absent_sensors.push("error_percent");
+    }
     if generation == Generation::V2_15 {
         capabilities.pools = pool_ids
             .iter()

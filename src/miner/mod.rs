@@ -50,6 +50,9 @@ pub struct Telemetry {
     pub core_voltage_actual: Option<f64>,
     pub shares_accepted: Option<u64>,
     pub shares_rejected: Option<u64>,
+    /// Share of the chips' work that failed their own check, %: ESP-Miner v2.11+
+    /// `errorPercentage`, an Avalon's `DH[…%]`, cgminer's `Device Hardware%` on an Antminer.
+    pub error_percent: Option<f64>,
     /// Best share difficulty ever found by this device.
     pub best_difficulty: Option<f64>,
     /// Best share difficulty since the last restart.

@@ -115,6 +115,7 @@ pub fn parse_status(datagram: &[u8], pools: &[String]) -> Result<Status, String>
             "fan_rpm",
             "input_voltage",
             "current",
+            "error_percent",
         ],
         extra_sensors: vec![ExtraSensor {
             key: "hashrate_khs".into(),
