@@ -914,6 +914,20 @@ fn validate(raw: RawConfig, figment: &Figment) -> Result<Config, ConfigError> {
             "the window must be longer than sample_every, both above zero (600s and 15s are usual)",
         ));
     }
+    if b.mode_settle.is_zero() || b.mode_settle > Duration::from_secs(3600) {
+        return Err(invalid(
+            "benchmark.mode_settle",
+            &humantime::format_duration(b.mode_settle),
+            "how long an Avalon calibrates after a work-mode change: above zero, at most 1h (5m is usual)",
+        ));
+    }
+    if !(b.max_error_percent > 0.0 && b.max_error_percent <= 50.0) {
+        return Err(invalid(
+            "benchmark.max_error_percent",
+            &b.max_error_percent,
+            "a percentage above 0 and at most 50, e.g. 3 (healthy chips report 0–2.5 %)",
+        ));
+    }
     if !(b.pass_ratio > 0.5 && b.pass_ratio <= 1.0) {
         return Err(invalid(
             "benchmark.pass_ratio",

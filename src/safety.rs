@@ -10,12 +10,22 @@ use crate::miner::{asic, Capabilities, ClockConfig, Command};
 use std::ops::RangeInclusive;
 
 /// What choosing a mode does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ModeTarget {
     /// A frequency/voltage preset (ESP-Miner).
     Clock(ClockConfig),
     /// A firmware work mode by code (Avalon).
     Level(u8),
+}
+
+impl ModeTarget {
+    /// The command that puts it on the miner.
+    pub fn command(self) -> Command {
+        match self {
+            ModeTarget::Clock(c) => Command::SetClock(c),
+            ModeTarget::Level(code) => Command::SetWorkMode(code),
+        }
+    }
 }
 
 /// What may be sent to one miner.
@@ -36,6 +46,10 @@ pub struct Limits {
     /// Modes offered, in display order: presets that fit inside the limits, or the firmware's
     /// own work modes.
     pub modes: Vec<(String, ModeTarget)>,
+    /// On a miner with work modes of its own, which of them a benchmark found most efficient
+    /// (`eco`) and fastest (`turbo`): the roles a band's `eco`/`turbo` target means, by index
+    /// into `modes`.
+    pub roles: Vec<(String, usize)>,
     pub pools: Vec<String>,
 }
 
@@ -175,6 +189,7 @@ impl Limits {
             restart: caps.restart,
             pause: caps.pause,
             modes,
+            roles: Vec::new(),
             pools: caps.pools.iter().map(|p| p.label.clone()).collect(),
         };
         (limits, warnings)
@@ -182,8 +197,9 @@ impl Limits {
 
     /// A benchmark's results become the chip's own modes: `eco` its most efficient passing
     /// clock, `turbo` its fastest (each only where it fits the limits; `standard` stays the
-    /// factory default and the presets stay the fallback).
-    pub fn learn(&mut self, eco: Option<ClockConfig>, turbo: Option<ClockConfig>) {
+    /// factory default and the presets stay the fallback). On a miner with work modes of its
+    /// own, the modes found most efficient and fastest take the `eco` and `turbo` roles.
+    pub fn learn(&mut self, eco: Option<ModeTarget>, turbo: Option<ModeTarget>) {
         let fits = |c: &ClockConfig| {
             self.frequency_mhz
                 .as_ref()
@@ -193,11 +209,21 @@ impl Limits {
                     .as_ref()
                     .is_some_and(|r| r.contains(&c.core_voltage_mv))
         };
-        let learned: Vec<(&str, ClockConfig)> = [("eco", eco), ("turbo", turbo)]
-            .into_iter()
-            .filter_map(|(n, c)| c.filter(|c| fits(c)).map(|c| (n, c)))
-            .collect();
-        for (name, clock) in learned {
+        let mut clocks = Vec::new();
+        let mut roles = Vec::new();
+        for (name, target) in [("eco", eco), ("turbo", turbo)] {
+            match target {
+                Some(ModeTarget::Clock(c)) if fits(&c) => clocks.push((name, c)),
+                Some(level @ ModeTarget::Level(_)) => {
+                    if let Some(i) = self.modes.iter().position(|(_, t)| *t == level) {
+                        roles.push((name.to_string(), i));
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.roles = roles;
+        for (name, clock) in clocks {
             match self.modes.iter_mut().find(|(n, _)| n == name) {
                 Some((_, target @ ModeTarget::Clock(_))) => *target = ModeTarget::Clock(clock),
                 Some(_) => {}
@@ -418,7 +444,8 @@ mod tests {
             frequency_mhz: f,
             core_voltage_mv: v,
         };
-        l.learn(Some(clock(500, 1060)), Some(clock(900, 1300)));
+        let c = |f, v| Some(ModeTarget::Clock(clock(f, v)));
+        l.learn(c(500, 1060), c(900, 1300));
         let target = |n: &str| l.modes.iter().find(|m| m.0 == n).unwrap().1;
         assert_eq!(target("eco"), ModeTarget::Clock(clock(500, 1060)));
         // 900 MHz is outside the rated range: turbo keeps its preset.
@@ -433,11 +460,31 @@ mod tests {
         let (mut narrow, _) =
             Limits::resolve(&config(false), &miner(over), Some("BM1370"), &caps());
         assert!(!narrow.modes.iter().any(|m| m.0 == "eco"));
-        narrow.learn(Some(clock(500, 1060)), None);
+        narrow.learn(c(500, 1060), None);
         assert_eq!(
             narrow.modes[0],
             ("eco".to_string(), ModeTarget::Clock(clock(500, 1060)))
         );
+    }
+
+    #[test]
+    fn a_work_mode_comparison_gives_its_modes_the_eco_and_turbo_roles() {
+        let caps = Capabilities {
+            work_modes: ["low", "medium", "high"].map(String::from).to_vec(),
+            ..Capabilities::default()
+        };
+        let (mut l, _) = Limits::resolve(&config(false), &miner(Default::default()), None, &caps);
+        l.learn(Some(ModeTarget::Level(0)), Some(ModeTarget::Level(2)));
+        assert_eq!(
+            l.roles,
+            vec![("eco".to_string(), 0), ("turbo".to_string(), 2)]
+        );
+        // The firmware's own modes are what the select offers, unchanged.
+        let names: Vec<&str> = l.modes.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["low", "medium", "high"]);
+        // A level the miner does not have gives no role.
+        l.learn(Some(ModeTarget::Level(7)), None);
+        assert!(l.roles.is_empty());
     }
 
     #[test]

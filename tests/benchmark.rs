@@ -320,3 +320,178 @@ async fn the_benchmark_command_runs_a_sweep_and_prints_the_result_table() {
     at_clock(&rig, 525, 1150).await;
     daemon.stop().await;
 }
+
+/// A simulated Avalon Nano 3 beside the rig, calibrating for `calibration` after a mode change,
+/// and the daemon with it as "nano" and short comparison steps, once it has read it.
+async fn nano(
+    rig: &Rig,
+    calibration: Duration,
+    mode_settle: Duration,
+) -> (miner2mqtt::sim::cgminer::SimAvalon, Daemon) {
+    use miner2mqtt::sim::cgminer::{self, AvalonSpec, Model};
+    let mut spec = AvalonSpec::new(7, Model::Nano3);
+    spec.calibration = calibration;
+    let avalon = cgminer::start(spec, "127.0.0.1:0".parse().unwrap(), rig.cancel.clone())
+        .await
+        .unwrap();
+    let addr = avalon.addr.to_string();
+    let daemon = Daemon::start(rig.config(&[], move |r| {
+        r.benchmark.mode_settle = mode_settle;
+        r.benchmark.window = Duration::from_secs(2);
+        r.benchmark.sample_every = Duration::from_millis(400);
+        r.miners.push(miner2mqtt::config::RawMiner::new(
+            "nano",
+            miner2mqtt::config::MinerKind::Avalon,
+            &addr,
+        ));
+    }));
+    // Read, in the mode the simulator starts in.
+    rig.ha
+        .wait_for("miner2mqtt/nano/state", WAIT, |m| {
+            m.json()["mode"] == "medium"
+        })
+        .await;
+    (avalon, daemon)
+}
+
+async fn avalon_in_mode(avalon: &miner2mqtt::sim::cgminer::SimAvalon, mode: u8) {
+    let deadline = Instant::now() + WAIT;
+    while avalon.snapshot().mode != mode {
+        assert!(
+            Instant::now() < deadline,
+            "the Avalon is in mode {}, not {mode}",
+            avalon.snapshot().mode
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The Avalon's work modes compared the way clocks are: each in turn, settled past its
+/// calibration, sampled, judged against the rate the firmware expects in that mode; the most
+/// efficient becomes its eco, the fastest its turbo, and it ends in the mode it was in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_avalons_work_modes_are_compared_and_the_best_become_its_eco_and_turbo() {
+    let rig = Rig::start(vec![]).await;
+    let (avalon, daemon) = nano(&rig, Duration::from_secs(1), Duration::from_millis(1500)).await;
+    // A Nano 3 is known by its hash board's serial (it reports no MAC): find its discovery by
+    // the device's name.
+    let deadline = Instant::now() + WAIT;
+    let d = loop {
+        let found = rig.ha.messages().into_iter().find_map(|m| {
+            let v = (m.topic.starts_with("homeassistant/device/miner2mqtt/")
+                && !m.payload.is_empty())
+            .then(|| m.json())?;
+            (v["dev"]["name"] == "nano").then_some(v)
+        });
+        if let Some(d) = found {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "no discovery for the Nano");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(d["cmps"]["benchmark_start"]["p"], "button");
+    assert_eq!(d["cmps"]["apply_efficiency"]["p"], "button");
+
+    let t0 = Instant::now();
+    rig.ha
+        .publish("miner2mqtt/nano/set/benchmark", "START")
+        .await;
+    let started = event_after(&rig, t0, "benchmark_started", WAIT).await;
+    assert_eq!(started["from"]["mode"], "low", "{started}");
+    assert_eq!(started["previous"]["mode"], "medium", "{started}");
+    let running = rig
+        .ha
+        .wait_after(t0, "miner2mqtt/nano/benchmark", WAIT, |m| {
+            m.json()["status"] == "running"
+        })
+        .await
+        .json();
+    assert_eq!(running["mode"], "low", "{running}");
+    let done = event_after(&rig, t0, "benchmark_finished", Duration::from_secs(60)).await;
+    assert_eq!(done["reason"], "all 3 work modes compared", "{done}");
+    assert_eq!(done["steps"], 3);
+    // The simulated Nano 3: 2.0 TH/s at 50 W (25 J/TH), 3.3 at 90 W, 4.0 at 140 W (35 J/TH).
+    assert_eq!(done["best_efficiency"]["mode"], "low", "{done}");
+    assert_eq!(done["best_hashrate"]["mode"], "high", "{done}");
+    let j = done["best_efficiency"]["j_per_th"].as_f64().unwrap();
+    assert!((j - 25.0).abs() < 1.5, "{done}");
+    assert_eq!(done["restored"]["mode"], "medium");
+    // Every step measured the full rate, not the calibration's 40 %, and passed on errors too.
+    let steps: Vec<Value> = rig
+        .ha
+        .messages()
+        .into_iter()
+        .filter(|m| m.at >= t0 && m.topic == "miner2mqtt/bridge/event")
+        .map(|m| m.json())
+        .filter(|e| e["type"] == "benchmark_step")
+        .collect();
+    assert_eq!(steps.len(), 3);
+    for s in &steps {
+        assert_eq!(s["outcome"], "pass", "{s}");
+        assert!(s["error_percent"].as_f64().is_some(), "{s}");
+        let (h, e) = (
+            s["hashrate"].as_f64().unwrap(),
+            s["expected_hashrate"].as_f64().unwrap(),
+        );
+        assert!(h >= 0.94 * e, "{s}");
+    }
+    avalon_in_mode(&avalon, 1).await;
+
+    // Its eco and turbo are the modes found; the profile buttons put them on.
+    tokio::time::sleep(Duration::from_millis(1500)).await; // past the restore's calibration
+    rig.ha
+        .publish("miner2mqtt/nano/set/profile", "efficiency")
+        .await;
+    avalon_in_mode(&avalon, 0).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    rig.ha.publish("miner2mqtt/nano/set/mode", "turbo").await;
+    avalon_in_mode(&avalon, 2).await;
+    daemon.stop().await;
+}
+
+/// Stopped while the Avalon calibrates, the restore is refused for now ("caling"): it is tried
+/// again until the Avalon is back in the mode it was in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_comparison_stopped_during_calibration_still_ends_in_the_previous_mode() {
+    let rig = Rig::start(vec![]).await;
+    let (avalon, daemon) = nano(&rig, Duration::from_secs(6), Duration::from_secs(8)).await;
+    let t0 = Instant::now();
+    rig.ha
+        .publish("miner2mqtt/nano/set/benchmark", "START")
+        .await;
+    avalon_in_mode(&avalon, 0).await;
+    rig.ha
+        .publish("miner2mqtt/nano/set/benchmark", "STOP")
+        .await;
+    let done = event_after(&rig, t0, "benchmark_finished", WAIT).await;
+    assert!(
+        done["reason"].as_str().unwrap().contains("stopped"),
+        "{done}"
+    );
+    let refused = event_after(&rig, t0, "command_failed", WAIT).await;
+    assert_eq!(refused["origin"], "benchmark");
+    assert!(
+        refused["reason"].as_str().unwrap().contains("calibrating"),
+        "{refused}"
+    );
+    assert_eq!(
+        avalon.snapshot().mode,
+        0,
+        "still calibrating in the test mode"
+    );
+    // The retry lands once the calibration is over.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while avalon.snapshot().mode != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the previous mode never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    rig.ha
+        .wait_for("miner2mqtt/nano/state", WAIT, |m| {
+            m.json()["mode"] == "medium"
+        })
+        .await;
+    daemon.stop().await;
+}

@@ -83,6 +83,7 @@ impl Sim {
             name: self.name.clone(),
             family: "axeos",
             modes: self.modes.iter().map(|m| m.0.to_string()).collect(),
+            roles: Vec::new(),
             can_pause: true,
             plug: false,
         }

@@ -415,6 +415,7 @@ fn strategy_bench(miners: usize) {
             name: name.clone(),
             family: "axeos",
             modes: modes.clone(),
+            roles: Vec::new(),
             can_pause: true,
             plug: false,
         });

@@ -41,6 +41,7 @@ impl Hub {
             modes: limits
                 .map(|l| l.modes.iter().map(|(n, _)| n.clone()).collect())
                 .unwrap_or_default(),
+            roles: limits.map(|l| l.roles.clone()).unwrap_or_default(),
             can_pause: limits.is_some_and(|l| l.pause),
             plug: slot.config.power.is_some(),
         };

@@ -21,9 +21,9 @@ use crate::hass::discovery::{self, MinerDevice};
 use crate::hass::{command, state, Topics};
 use crate::miner::avalon::AvalonClient;
 use crate::miner::axeos::AxeOsClient;
-use crate::miner::{ClockConfig, Command, MinerClient, Reading};
+use crate::miner::{Command, MinerClient, Reading};
 use crate::mqtt::{self, Mqtt, MqttEvent};
-use crate::safety::Limits;
+use crate::safety::{Limits, ModeTarget};
 use crate::store::{Sample, Store};
 use rand::Rng;
 use serde_json::{json, Value};
@@ -99,7 +99,7 @@ struct Slot {
     /// The alert conditions holding now (its Problem sensor).
     problems: Vec<AlertKind>,
     /// Its last benchmark's most efficient and fastest clocks: its eco and turbo modes.
-    learned: (Option<ClockConfig>, Option<ClockConfig>),
+    learned: (Option<ModeTarget>, Option<ModeTarget>),
 }
 
 impl Slot {
@@ -177,6 +177,8 @@ struct Hub {
     /// way back.
     tuning: crate::tuning::task::Handle,
     restoring: HashSet<usize>,
+    /// Miners whose restore after a benchmark is to be tried again, and from when.
+    restore_retry: HashMap<usize, std::time::Instant>,
 }
 
 fn payload_hash(bytes: &[u8]) -> u64 {
@@ -389,6 +391,7 @@ pub async fn run_with_clock(
         watch,
         tuning,
         restoring: HashSet::new(),
+        restore_retry: HashMap::new(),
     };
 
     // NMMiner telemetry arrives as broadcasts; a bind failure is reported and the rest runs on.
@@ -495,11 +498,8 @@ impl Hub {
             } => {
                 let name = self.slots[miner].config.name.clone();
                 let origin_name = origin.as_str();
-                if origin == Origin::Benchmark
-                    && matches!(command, Command::SetClock(_))
-                    && self.restoring(miner)
-                {
-                    self.sweep_restored(miner);
+                if origin == Origin::Benchmark {
+                    self.benchmark_command_done(miner, &command, &result);
                 }
                 match result {
                     Ok(()) => self.event(json!({ "type": "command_applied", "miner": name, "command": command.describe(), "origin": origin_name })),

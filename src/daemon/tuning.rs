@@ -3,26 +3,45 @@
 //! arbiter refuses the user and the strategy meanwhile, it is read every `sample_every`), what
 //! the sweep asks for, and putting the miner back on known-good settings whenever a sweep ends —
 //! finished, stopped, failed, a limit, the watchdog, shutdown — or, after a kill, at the next
-//! start.
+//! start. ESP-Miner miners walk their clocks; Avalons compare their own work modes. A restore the
+//! miner refuses for now (an Avalon calibrating) or that cannot be sent (the miner offline) is
+//! tried again until it lands: the record of the sweep stays until then.
 
 use super::Hub;
 use crate::config::MinerKind;
 use crate::control::Origin;
 use crate::miner::{asic, ClockConfig, Command};
-use crate::tuning::sweep::{Bounds, Sample};
+use crate::safety::ModeTarget;
+use crate::tuning::sweep::{Bounds, Sample, Walk};
 use crate::tuning::task::{Input, Output};
 use serde_json::{json, Value};
+use std::time::{Duration, Instant};
 
-/// The eco (most efficient) and turbo (fastest) clocks a sweep's summary found.
-pub(super) fn learned(summary: &Value) -> (Option<ClockConfig>, Option<ClockConfig>) {
-    let clock = |key: &str| {
-        let r = &summary[key];
-        Some(ClockConfig {
-            frequency_mhz: r["frequency"].as_u64()? as u32,
-            core_voltage_mv: r["core_voltage"].as_u64()? as u32,
-        })
-    };
-    (clock("best_efficiency"), clock("best_hashrate"))
+/// How long after a refused restore it is tried again.
+const RESTORE_RETRY: Duration = Duration::from_secs(10);
+
+/// The setting a summary's point (or any result) names: a clock, or a work mode by code.
+fn target_of(r: &Value) -> Option<ModeTarget> {
+    match (
+        r["frequency"].as_u64(),
+        r["core_voltage"].as_u64(),
+        r["level"].as_u64(),
+    ) {
+        (Some(f), Some(v), _) => Some(ModeTarget::Clock(ClockConfig {
+            frequency_mhz: u32::try_from(f).ok()?,
+            core_voltage_mv: u32::try_from(v).ok()?,
+        })),
+        (_, _, Some(l)) => Some(ModeTarget::Level(u8::try_from(l).ok()?)),
+        _ => None,
+    }
+}
+
+/// The eco (most efficient) and turbo (fastest) settings a sweep's summary found.
+pub(super) fn learned(summary: &Value) -> (Option<ModeTarget>, Option<ModeTarget>) {
+    (
+        target_of(&summary["best_efficiency"]),
+        target_of(&summary["best_hashrate"]),
+    )
 }
 
 impl Hub {
@@ -79,26 +98,51 @@ impl Hub {
         }
     }
 
-    /// What a sweep of miner `i` may do, and the clock to put back; or why it cannot be swept.
-    fn sweep_bounds(&self, i: usize) -> Result<(Bounds, ClockConfig), String> {
+    /// What a sweep of miner `i` may do, and the setting to put back; or why it cannot be
+    /// swept.
+    fn sweep_bounds(&self, i: usize) -> Result<(Bounds, ModeTarget), String> {
         let slot = &self.slots[i];
         let name = &slot.config.name;
         if slot.arbiter.benchmarking() {
             return Err(format!("a benchmark is already running on {name}"));
         }
-        if slot.config.kind != MinerKind::Axeos {
-            return Err(format!("{name} is not an ESP-Miner device: benchmark sweeps tune frequency and core voltage, which only ESP-Miner (Bitaxe, NerdQaxe) lets miner2mqtt set"));
+        let (Some(reading), Some(limits)) = (&slot.reading, &slot.limits) else {
+            return Err(format!("{name} has not been read yet"));
+        };
+        let work_modes: Vec<String> = limits
+            .modes
+            .iter()
+            .filter(|(_, t)| matches!(t, ModeTarget::Level(_)))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let clocks = slot.config.kind == MinerKind::Axeos;
+        if !clocks && work_modes.is_empty() {
+            return Err(format!("{name} has neither clocks nor work modes miner2mqtt can set: benchmarks tune ESP-Miner's frequency and core voltage (Bitaxe, NerdQaxe) or compare an Avalon's work modes"));
         }
         if slot.arbiter.safety_held() {
             return Err(format!(
                 "{name} is in the watchdog's safety hold; start the benchmark once it has cooled"
             ));
         }
-        let (Some(reading), Some(limits)) = (&slot.reading, &slot.limits) else {
-            return Err(format!("{name} has not been read yet"));
-        };
         if slot.online != Some(true) {
             return Err(format!("{name} is offline"));
+        }
+        let thermal = self.config.safety.thermal(slot.config.kind);
+        let t = &reading.telemetry;
+        if !clocks {
+            let previous = t
+                .work_mode
+                .as_deref()
+                .and_then(|m| work_modes.iter().position(|n| n == m))
+                .ok_or_else(|| format!("{name} does not report which work mode it is in"))?;
+            let bounds = Bounds {
+                walk: Walk::Modes(work_modes),
+                temp_limit: thermal.temp_limit,
+                vr_temp_limit: thermal.vr_temp_limit,
+                // The firmware's modes are the maker's own; only a configured limit applies.
+                max_power: self.config.benchmark.max_power.unwrap_or(f64::INFINITY),
+            };
+            return Ok((bounds, ModeTarget::Level(previous as u8)));
         }
         let (Some(frequency), Some(core_voltage)) =
             (limits.frequency_mhz.clone(), limits.core_voltage_mv.clone())
@@ -107,8 +151,7 @@ impl Hub {
                 "{name}'s frequency and core voltage cannot be set (its ASIC model is unknown)"
             ));
         };
-        let previous = reading
-            .telemetry
+        let previous = t
             .clock()
             .ok_or_else(|| format!("{name} does not report its frequency and core voltage"))?;
         let profile = reading
@@ -118,11 +161,12 @@ impl Hub {
             .and_then(asic::profile)
             .ok_or_else(|| format!("{name}'s ASIC model is unknown"))?;
         let chips = reading.identity.asic_count.max(1);
-        let thermal = self.config.safety.thermal(slot.config.kind);
         let bounds = Bounds {
-            frequency,
-            core_voltage,
-            gh_per_mhz: profile.small_cores as f64 * chips as f64 / 1000.0,
+            walk: Walk::Clocks {
+                frequency,
+                core_voltage,
+                gh_per_mhz: profile.small_cores as f64 * chips as f64 / 1000.0,
+            },
             temp_limit: thermal.temp_limit,
             vr_temp_limit: thermal.vr_temp_limit,
             max_power: self
@@ -131,7 +175,7 @@ impl Hub {
                 .max_power
                 .unwrap_or(25.0 * chips as f64 + 5.0),
         };
-        Ok((bounds, previous))
+        Ok((bounds, ModeTarget::Clock(previous)))
     }
 
     /// `set/profile`: the last sweep's best efficiency, best hashrate or balanced clock.
@@ -157,31 +201,39 @@ impl Hub {
                     slot.config.name
                 )
             })?;
-        let r = &summary[key];
-        match (r["frequency"].as_u64(), r["core_voltage"].as_u64()) {
-            (Some(f), Some(v)) => Ok(Command::SetClock(ClockConfig {
-                frequency_mhz: f as u32,
-                core_voltage_mv: v as u32,
-            })),
-            _ => Err(format!(
-                "{}'s last benchmark found no passing {text} setting",
-                slot.config.name
-            )),
-        }
+        target_of(&summary[key])
+            .map(ModeTarget::command)
+            .ok_or_else(|| {
+                format!(
+                    "{}'s last benchmark found no passing {text} setting",
+                    slot.config.name
+                )
+            })
     }
 
     /// Hands a benchmarking miner's reading to its sweep.
     pub(super) fn tuning_reading(&mut self, i: usize) {
         let slot = &self.slots[i];
         if !slot.arbiter.benchmarking() {
+            self.retry_restore(i);
             return;
         }
         let Some(t) = slot.reading.as_ref().map(|r| &r.telemetry) else {
             return;
         };
+        let level = t.work_mode.as_deref().and_then(|m| {
+            let modes = &slot.limits.as_ref()?.modes;
+            match modes.iter().find(|(n, _)| n == m)?.1 {
+                ModeTarget::Level(l) => Some(l),
+                ModeTarget::Clock(_) => None,
+            }
+        });
         let sample = Sample {
             clock: t.clock(),
+            level,
             hashrate: t.hashrate,
+            expected_hashrate: t.expected_hashrate,
+            error_percent: t.error_percent,
             power: t.power,
             asic_temp: t.asic_temp,
             vr_temp: t.vr_temp,
@@ -208,10 +260,17 @@ impl Hub {
     }
 
     /// A miner read for the first time since start whose sweep never ended (the daemon was
-    /// killed under it) gets its settings from before the sweep back.
+    /// killed under it) gets its settings from before the sweep back; so does one whose restore
+    /// could not be sent while it was offline.
     pub(super) fn roll_back_sweep(&mut self, i: usize) {
         let slot = &self.slots[i];
-        if slot.arbiter.benchmarking() {
+        if slot.arbiter.benchmarking() || self.restoring.contains(&i) {
+            return;
+        }
+        if let Some(at) = self.restore_retry.get_mut(&i) {
+            // Back online: the restore that could not be sent goes now.
+            *at = Instant::now();
+            self.retry_restore(i);
             return;
         }
         let Some(hwid) = slot.hardware_id.clone() else {
@@ -222,7 +281,7 @@ impl Hub {
         };
         let name = slot.config.name.clone();
         tracing::warn!(miner = %name, ?previous, "a benchmark did not end before miner2mqtt stopped; putting the settings from before it back");
-        let restored = json!({ "frequency": previous.frequency_mhz, "core_voltage": previous.core_voltage_mv });
+        let restored = self.setting_json(i, previous);
         self.event(json!({ "type": "benchmark_rolled_back", "miner": name, "restored": restored }));
         self.publish_benchmark(
             i,
@@ -231,28 +290,88 @@ impl Hub {
         self.restore_after_sweep(i, previous);
     }
 
+    /// A setting of miner `i` as events show it: the clock, or the work mode by name.
+    fn setting_json(&self, i: usize, t: ModeTarget) -> Value {
+        match t {
+            ModeTarget::Clock(c) => {
+                json!({ "frequency": c.frequency_mhz, "core_voltage": c.core_voltage_mv })
+            }
+            ModeTarget::Level(l) => {
+                let name = self.slots[i]
+                    .limits
+                    .as_ref()
+                    .and_then(|lim| lim.modes.iter().find(|(_, m)| *m == t))
+                    .map(|(n, _)| n.clone());
+                json!({ "mode": name, "level": l })
+            }
+        }
+    }
+
+    /// Sends the settings from before a sweep again when a retry is due (the miner refused the
+    /// restore for now, or was offline).
+    fn retry_restore(&mut self, i: usize) {
+        let due = self
+            .restore_retry
+            .get(&i)
+            .is_some_and(|at| Instant::now() >= *at);
+        if !due || self.restoring.contains(&i) || self.slots[i].online != Some(true) {
+            return;
+        }
+        self.restore_retry.remove(&i);
+        let previous = self.slots[i]
+            .hardware_id
+            .as_deref()
+            .and_then(|h| self.store.sweep_under_way(h));
+        if let Some(previous) = previous {
+            tracing::info!(miner = %self.slots[i].config.name, ?previous, "putting the settings from before the benchmark back (again)");
+            self.restore_after_sweep(i, previous);
+        }
+    }
+
     /// Puts `previous` back on miner `i` after its sweep; the record of the sweep under way is
-    /// dropped once that is done (or cannot be: then the watchdog or the plug has the miner).
-    fn restore_after_sweep(&mut self, i: usize, previous: ClockConfig) {
+    /// dropped once that is done, or when it cannot be and never will (the watchdog or the plug
+    /// has the miner). Offline, it is tried again when the miner is back.
+    fn restore_after_sweep(&mut self, i: usize, previous: ModeTarget) {
         let name = self.slots[i].config.name.clone();
+        let what = match self.setting_json(i, previous) {
+            v if v["mode"].is_string() => {
+                format!("restore work mode {}", v["mode"].as_str().unwrap_or("?"))
+            }
+            _ => "restore".to_string(),
+        };
         let sent = self.send(
             i,
             &name,
             "benchmark",
-            "restore",
-            Command::SetClock(previous),
+            &what,
+            previous.command(),
             Origin::Benchmark,
         );
         if sent {
             self.restoring.insert(i);
+        } else if self.slots[i].online != Some(true) {
+            self.restore_retry.insert(i, Instant::now());
         } else {
             self.sweep_restored(i);
+        }
+    }
+
+    /// A restore the miner answered: done, or refused for now and tried again in a while.
+    pub(super) fn restore_done(&mut self, i: usize, result: &Result<(), String>) {
+        match result {
+            Ok(()) => self.sweep_restored(i),
+            Err(reason) => {
+                self.restoring.remove(&i);
+                tracing::warn!(miner = %self.slots[i].config.name, %reason, "the miner did not take its settings from before the benchmark; trying again in {}", humantime::format_duration(RESTORE_RETRY));
+                self.restore_retry.insert(i, Instant::now() + RESTORE_RETRY);
+            }
         }
     }
 
     /// The settings from before the sweep are back (or could not be put back and never will).
     pub(super) fn sweep_restored(&mut self, i: usize) {
         self.restoring.remove(&i);
+        self.restore_retry.remove(&i);
         if let Some(hwid) = self.slots[i].hardware_id.clone() {
             if let Err(e) = self.store.end_sweep(&hwid) {
                 tracing::error!(error = %e, "cannot drop the record of a finished benchmark");
@@ -260,9 +379,33 @@ impl Hub {
         }
     }
 
-    /// Whether a benchmark restore is on its way to miner `i`.
-    pub(super) fn restoring(&self, i: usize) -> bool {
-        self.restoring.contains(&i)
+    /// A command of origin `benchmark` was answered: a restore done (or refused for now), or a
+    /// setting under test the miner did not take, which ends the sweep.
+    pub(super) fn benchmark_command_done(
+        &mut self,
+        i: usize,
+        command: &Command,
+        result: &Result<(), String>,
+    ) {
+        if self.restoring.contains(&i) {
+            let restore = self.slots[i]
+                .hardware_id
+                .as_deref()
+                .and_then(|h| self.store.sweep_under_way(h))
+                .map(ModeTarget::command);
+            if restore.as_ref() == Some(command) {
+                self.restore_done(i, result);
+            }
+            return;
+        }
+        if let Err(reason) = result {
+            if self.slots[i].arbiter.benchmarking() {
+                self.tuning.send(Input::Stop {
+                    index: i,
+                    why: format!("the miner did not take {}: {reason}", command.describe()),
+                });
+            }
+        }
     }
 
     /// Stops every sweep (the daemon is stopping); returns how many restores are on their way.
@@ -287,23 +430,24 @@ impl Hub {
     /// What the benchmark controller asks for.
     pub(super) fn on_tuning(&mut self, out: Output) {
         match out {
-            Output::Apply { index, clock } => {
+            Output::Apply {
+                index,
+                target,
+                label,
+            } => {
                 let name = self.slots[index].config.name.clone();
                 let sent = self.send(
                     index,
                     &name,
                     "benchmark",
-                    &format!("{} MHz / {} mV", clock.frequency_mhz, clock.core_voltage_mv),
-                    Command::SetClock(clock),
+                    &label,
+                    target.command(),
                     Origin::Benchmark,
                 );
                 if !sent {
                     self.tuning.send(Input::Stop {
                         index,
-                        why: format!(
-                            "{} MHz / {} mV could not be sent",
-                            clock.frequency_mhz, clock.core_voltage_mv
-                        ),
+                        why: format!("{label} could not be sent"),
                     });
                 }
             }

@@ -136,6 +136,7 @@ pub fn run_day(
                 name: m.name.clone(),
                 family: m.family,
                 modes: m.modes.iter().map(|x| x.name.clone()).collect(),
+                roles: Vec::new(),
                 can_pause: m.off_watts.is_some() && !m.plug,
                 plug: m.plug,
             });

@@ -32,6 +32,9 @@ pub struct MinerInfo {
     pub family: &'static str,
     /// Mode names, lowest first.
     pub modes: Vec<String>,
+    /// `eco` / `turbo` as a benchmark found them among a firmware's own work modes (most
+    /// efficient, fastest), by index into `modes`; a band's `eco` or `turbo` means these.
+    pub roles: Vec<(String, usize)>,
     pub can_pause: bool,
     /// It has a smart plug: `off` switches the plug.
     pub plug: bool,
@@ -119,9 +122,16 @@ pub struct Strategy {
     apply_soon: bool,
 }
 
-/// The index of the mode a target names: that exact mode, else `eco`/`low` → the lowest,
-/// `standard`/`medium` → the middle one, `turbo`/`high` → the highest.
-pub fn resolve_mode(target: &str, modes: &[String]) -> Option<usize> {
+/// The index of the mode a target names: the work mode a benchmark gave that role (`eco`,
+/// `turbo`), else that exact mode, else `eco`/`low` → the lowest, `standard`/`medium` → the
+/// middle one, `turbo`/`high` → the highest.
+pub fn resolve_mode(target: &str, modes: &[String], roles: &[(String, usize)]) -> Option<usize> {
+    if let Some((_, i)) = roles
+        .iter()
+        .find(|(r, i)| r.eq_ignore_ascii_case(target) && *i < modes.len())
+    {
+        return Some(*i);
+    }
     if let Some(m) = modes.iter().position(|m| m.eq_ignore_ascii_case(target)) {
         return Some(m);
     }
@@ -380,7 +390,7 @@ impl Strategy {
                         note = Some(format!("{} has no modes the strategy can set (and cannot pause): it is left as it is in every band", info.name));
                     }
                 }
-                Want::Mode(target) => match resolve_mode(target, &info.modes) {
+                Want::Mode(target) => match resolve_mode(target, &info.modes, &info.roles) {
                     Some(_) if t.powered_off => {
                         // Its mode follows once it is back (a miner that comes online gets
                         // its target at once).
@@ -590,12 +600,28 @@ mod tests {
     use super::*;
 
     /// Miner 0, a Gamma that can pause, with these modes.
+    #[test]
+    fn a_bands_eco_and_turbo_mean_the_work_modes_a_benchmark_found() {
+        let q: Vec<String> = ["eco", "standard", "super"].map(String::from).to_vec();
+        // Before a benchmark: the Q's own eco, and turbo → its highest.
+        assert_eq!(resolve_mode("eco", &q, &[]), Some(0));
+        assert_eq!(resolve_mode("turbo", &q, &[]), Some(2));
+        // A comparison found standard the most efficient and super the fastest.
+        let roles = vec![("eco".to_string(), 1), ("turbo".to_string(), 2)];
+        assert_eq!(resolve_mode("eco", &q, &roles), Some(1));
+        assert_eq!(resolve_mode("TURBO", &q, &roles), Some(2));
+        assert_eq!(resolve_mode("standard", &q, &roles), Some(1));
+        // A role pointing past the modes (they changed) is ignored.
+        assert_eq!(resolve_mode("eco", &q[..1], &roles), Some(0));
+    }
+
     fn gamma(modes: &[&str]) -> MinerInfo {
         MinerInfo {
             index: 0,
             name: "gamma".into(),
             family: "axeos",
             modes: modes.iter().map(|m| m.to_string()).collect(),
+            roles: Vec::new(),
             can_pause: true,
             plug: false,
         }

@@ -2,7 +2,7 @@
 //! is allowed is `safety::Limits::check`'s decision, made right after.
 
 use crate::miner::Command;
-use crate::safety::{Limits, ModeTarget};
+use crate::safety::Limits;
 
 /// The properties a miner's set topic accepts.
 pub const PROPERTIES: [&str; 11] = [
@@ -39,10 +39,15 @@ pub fn parse(property: &str, payload: &str, limits: &Limits) -> Result<Command, 
             .modes
             .iter()
             .find(|(name, _)| name.eq_ignore_ascii_case(p))
-            .map(|(_, target)| match target {
-                ModeTarget::Clock(clock) => Command::SetClock(*clock),
-                ModeTarget::Level(code) => Command::SetWorkMode(*code),
+            // `eco` / `turbo` on a miner whose benchmark gave those roles to its own modes.
+            .or_else(|| {
+                let (_, i) = limits
+                    .roles
+                    .iter()
+                    .find(|(role, _)| role.eq_ignore_ascii_case(p))?;
+                limits.modes.get(*i)
             })
+            .map(|(_, target)| target.command())
             .ok_or_else(|| {
                 let names: Vec<&str> = limits.modes.iter().map(|(n, _)| n.as_str()).collect();
                 if names.is_empty() {
@@ -149,6 +154,7 @@ pub fn on_off(p: &str, what: &str) -> Result<bool, String> {
 mod tests {
     use super::*;
     use crate::miner::ClockConfig;
+    use crate::safety::ModeTarget;
 
     fn limits() -> Limits {
         Limits {
@@ -168,6 +174,7 @@ mod tests {
                     core_voltage_mv: 1060,
                 }),
             )],
+            roles: vec![],
             pools: vec![],
         }
     }

@@ -550,9 +550,14 @@ pub fn miner_discovery(topics: &Topics, m: &MinerDevice<'_>) -> (String, Value) 
         b.add("restart", base, part);
     }
 
-    if l.frequency_mhz.is_some() && l.core_voltage_mv.is_some() {
-        // Benchmark sweeps: start and stop, the progress (with the step under test and the
-        // last results as attributes), and the results put on.
+    let work_modes = l
+        .modes
+        .iter()
+        .any(|(_, t)| matches!(t, crate::safety::ModeTarget::Level(_)));
+    if (l.frequency_mhz.is_some() && l.core_voltage_mv.is_some()) || work_modes {
+        // Benchmark sweeps (of the clocks, or a comparison of the firmware's work modes): start
+        // and stop, the progress (with the step under test and the last results as
+        // attributes), and the results put on.
         #[rustfmt::skip]
         let buttons = [
             ("benchmark_start", "Start benchmark", "benchmark", "START", "mdi:play-speed"),

@@ -17,6 +17,7 @@ pub mod history;
 use crate::energy::meter::MeterRecord;
 use crate::energy::prices::{PriceSlot, SlotKind};
 use crate::miner::{ClockConfig, Telemetry};
+use crate::safety::ModeTarget;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -533,9 +534,9 @@ impl Store {
             .collect()
     }
 
-    /// A sweep starts on the miner: the clock to put back whatever happens, written to disk at
+    /// A sweep starts on the miner: the settings to put back whatever happens, written to disk at
     /// once (a kill must not lose it).
-    pub fn begin_sweep(&self, hardware_id: &str, previous: ClockConfig) -> Result<(), StoreError> {
+    pub fn begin_sweep(&self, hardware_id: &str, previous: ModeTarget) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(&previous).map_err(|e| self.io(e))?;
         self.tuning
             .insert(format!("running/{hardware_id}"), bytes)
@@ -544,10 +545,13 @@ impl Store {
         Ok(())
     }
 
-    /// The clock to put back on a miner whose sweep did not end (the daemon stopped under it).
-    pub fn sweep_under_way(&self, hardware_id: &str) -> Option<ClockConfig> {
+    /// The settings to put back on a miner whose sweep did not end (the daemon stopped under
+    /// it). A record from before work-mode sweeps holds a bare clock.
+    pub fn sweep_under_way(&self, hardware_id: &str) -> Option<ModeTarget> {
         let v = self.tuning.get(format!("running/{hardware_id}")).ok()??;
-        serde_json::from_slice(&v).ok()
+        serde_json::from_slice(&v)
+            .ok()
+            .or_else(|| serde_json::from_slice(&v).ok().map(ModeTarget::Clock))
     }
 
     /// The miner is back on known-good settings.

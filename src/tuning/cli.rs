@@ -1,6 +1,6 @@
 //! `miner2mqtt benchmark --miner NAME`: starts a sweep on a running daemon over MQTT (the same
 //! `set/benchmark` a Home Assistant button sends), shows its progress as a bar, prints each step
-//! and the result table. Ctrl-C stops the sweep (the daemon puts the miner's settings back).
+//! (a clock, or an Avalon's work mode) and the result table. Ctrl-C stops the sweep (the daemon puts the miner's settings back).
 
 use crate::config::Config;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -12,6 +12,17 @@ use tokio_util::sync::CancellationToken;
 /// How long the daemon has to say the sweep started.
 const START_WAIT: Duration = Duration::from_secs(20);
 
+/// A setting as the table shows it: "525 MHz / 1150 mV", or the work mode's name.
+fn setting(s: &Value) -> String {
+    match (s["frequency"].as_u64(), s["core_voltage"].as_u64()) {
+        (Some(f), Some(v)) => format!("{f} MHz / {v} mV"),
+        _ => match s["mode"].as_str() {
+            Some(m) => format!("mode {m}"),
+            None => "-".into(),
+        },
+    }
+}
+
 fn row(s: &Value) -> String {
     let f = |k: &str, d: usize| {
         s[k].as_f64()
@@ -19,13 +30,13 @@ fn row(s: &Value) -> String {
             .unwrap_or_else(|| "-".into())
     };
     format!(
-        "{:>5} {:>6} {:>10} {:>10} {:>7} {:>6}  {}{}",
-        f("frequency", 0),
-        f("core_voltage", 0),
+        "{:>18} {:>10} {:>10} {:>7} {:>6} {:>7}  {}{}",
+        setting(s),
         f("hashrate", 1),
         f("expected_hashrate", 1),
         f("j_per_th", 2),
         f("asic_temp", 1),
+        f("error_percent", 2),
         s["outcome"].as_str().unwrap_or("-"),
         s["why"]
             .as_str()
@@ -34,7 +45,7 @@ fn row(s: &Value) -> String {
     )
 }
 
-const HEADER: &str = "  MHz     mV   GH/s mean   expected    J/TH     °C  outcome";
+const HEADER: &str = "           setting  GH/s mean   expected    J/TH     °C  errors  outcome";
 
 /// The result table: every step, then the best points.
 pub fn table(steps: &[Value], finished: &Value) -> String {
@@ -56,16 +67,18 @@ pub fn table(steps: &[Value], finished: &Value) -> String {
         let b = &finished[key];
         if b.is_object() {
             out.push_str(&format!(
-                "{label:>16}: {} MHz / {} mV, {} GH/s, {} J/TH\n",
-                b["frequency"], b["core_voltage"], b["hashrate"], b["j_per_th"]
+                "{label:>16}: {}, {} GH/s, {} J/TH\n",
+                setting(b),
+                b["hashrate"],
+                b["j_per_th"]
             ));
         } else {
             out.push_str(&format!("{label:>16}: none passed\n"));
         }
     }
     out.push_str(&format!(
-        "        restored: {} MHz / {} mV (eco and turbo are now the chip's own)\n",
-        finished["restored"]["frequency"], finished["restored"]["core_voltage"]
+        "        restored: {} (eco and turbo are now the chip's own)\n",
+        setting(&finished["restored"])
     ));
     out
 }
@@ -130,10 +143,9 @@ pub async fn run(config: &Config, miner: &str, stop: CancellationToken) -> anyho
                     if started && v["status"] == "running" {
                         bar.set_position(v["progress"].as_u64().unwrap_or(0));
                         bar.set_message(format!(
-                            "step {}: {} MHz / {} mV, {} left",
+                            "step {}: {}, {} left",
                             v["step"],
-                            v["frequency"],
-                            v["core_voltage"],
+                            setting(&v),
                             v["time_left"].as_str().unwrap_or("?")
                         ));
                     }

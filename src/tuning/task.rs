@@ -3,9 +3,9 @@
 //! `benchmark`), the progress to show, and, when a sweep ends however it ends, what to put
 //! back. It never publishes to MQTT itself.
 
-use super::sweep::{Act, Bounds, Sample, Summary, Sweep, SweepConfig};
+use super::sweep::{Act, Bounds, Sample, StepResult, Summary, Sweep, SweepConfig, Tested};
 use crate::control::Inbox;
-use crate::miner::ClockConfig;
+use crate::safety::ModeTarget;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -21,7 +21,7 @@ pub enum Input {
         index: usize,
         name: String,
         bounds: Bounds,
-        previous: ClockConfig,
+        previous: ModeTarget,
     },
     /// Stop it (a button, the watchdog stepping in, switching off, shutdown).
     Stop {
@@ -40,10 +40,12 @@ pub enum Input {
 /// What the controller asks of the hub.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    /// Put this clock on the miner (origin `benchmark`).
+    /// Put this clock or work mode on the miner (origin `benchmark`).
     Apply {
         index: usize,
-        clock: ClockConfig,
+        target: ModeTarget,
+        /// As events say it: "525 MHz / 1150 mV", "work mode high".
+        label: String,
     },
     /// The miner's benchmark state for its progress sensor (retained).
     Progress {
@@ -54,7 +56,7 @@ pub enum Output {
     /// The sweep is over: put `restore` back and release the miner.
     Finished {
         index: usize,
-        restore: ClockConfig,
+        restore: ModeTarget,
         summary: Box<Summary>,
     },
 }
@@ -80,7 +82,7 @@ struct Running {
     /// The most shown so far: a fail steps the frequency back, which would show less done.
     shown: u8,
     sweep: Sweep,
-    previous: ClockConfig,
+    previous: ModeTarget,
     started: Instant,
 }
 
@@ -90,8 +92,19 @@ struct Controller {
     out: mpsc::Sender<Output>,
 }
 
-fn clock_json(c: ClockConfig) -> Value {
-    json!({ "frequency": c.frequency_mhz, "core_voltage": c.core_voltage_mv })
+/// A setting as JSON: `frequency` and `core_voltage`, or the work `mode` and its `level`.
+fn setting_json(t: &Tested) -> Value {
+    serde_json::to_value(t).unwrap_or_default()
+}
+
+/// A best point of a summary: its setting, hashrate and efficiency.
+fn best_json(r: &Option<StepResult>) -> Value {
+    r.as_ref().map_or(Value::Null, |r| {
+        let mut v = setting_json(&r.setting);
+        v["hashrate"] = ((r.hashrate * 10.0).round() / 10.0).into();
+        v["j_per_th"] = ((r.j_per_th * 100.0).round() / 100.0).into();
+        v
+    })
 }
 
 impl Controller {
@@ -106,24 +119,33 @@ impl Controller {
         r.shown = r.shown.max(r.sweep.percent());
         let r = &self.running[&index];
         let (_, left) = r.sweep.remaining();
-        let current = r.sweep.current();
-        let state = json!({
-            "status": "running",
-            "progress": r.shown,
-            "step": r.sweep.results().len() + 1,
-            "frequency": current.frequency_mhz,
-            "core_voltage": current.core_voltage_mv,
-            "time_left": humantime::format_duration(std::time::Duration::from_secs(left.as_secs())).to_string(),
-            "elapsed_s": r.started.elapsed().as_secs(),
-        });
+        let mut state = setting_json(&r.sweep.tested());
+        state["status"] = "running".into();
+        state["progress"] = r.shown.into();
+        state["step"] = (r.sweep.results().len() + 1).into();
+        state["time_left"] =
+            humantime::format_duration(std::time::Duration::from_secs(left.as_secs()))
+                .to_string()
+                .into();
+        state["elapsed_s"] = r.started.elapsed().as_secs().into();
         self.emit(Output::Progress { index, state }).await;
     }
 
     async fn acts(&mut self, index: usize, acts: Vec<Act>) {
         for act in acts {
             match act {
-                Act::Apply(clock) => {
-                    self.emit(Output::Apply { index, clock }).await;
+                Act::Apply(target) => {
+                    let label = self
+                        .running
+                        .get(&index)
+                        .map(|r| r.sweep.describe(target).label())
+                        .unwrap_or_default();
+                    self.emit(Output::Apply {
+                        index,
+                        target,
+                        label,
+                    })
+                    .await;
                     self.progress(index).await;
                 }
                 Act::Step(step) => {
@@ -137,28 +159,22 @@ impl Controller {
                     let Some(r) = self.running.remove(&index) else {
                         continue;
                     };
-                    let best = |s: &Option<super::sweep::StepResult>| {
-                        s.as_ref().map(|r| {
-                            json!({ "frequency": r.frequency, "core_voltage": r.core_voltage,
-                                "hashrate": (r.hashrate * 10.0).round() / 10.0,
-                                "j_per_th": (r.j_per_th * 100.0).round() / 100.0 })
-                        })
-                    };
+                    let restored = setting_json(&r.sweep.describe(r.previous));
                     self.emit(Output::Event(
                         json!({ "type": "benchmark_finished", "miner": r.name,
                         "reason": summary.stopped, "steps": summary.results.len(),
-                        "best_efficiency": best(&summary.best_efficiency),
-                        "best_hashrate": best(&summary.best_hashrate),
-                        "balanced": best(&summary.balanced),
-                        "restored": clock_json(r.previous) }),
+                        "best_efficiency": best_json(&summary.best_efficiency),
+                        "best_hashrate": best_json(&summary.best_hashrate),
+                        "balanced": best_json(&summary.balanced),
+                        "restored": restored }),
                     ))
                     .await;
                     self.emit(Output::Progress {
                         index,
                         state: json!({ "status": "finished", "progress": 100, "reason": summary.stopped,
-                            "best_efficiency": best(&summary.best_efficiency),
-                            "best_hashrate": best(&summary.best_hashrate),
-                            "balanced": best(&summary.balanced) }),
+                            "best_efficiency": best_json(&summary.best_efficiency),
+                            "best_hashrate": best_json(&summary.best_hashrate),
+                            "balanced": best_json(&summary.balanced) }),
                     })
                     .await;
                     self.emit(Output::Finished {
@@ -184,10 +200,22 @@ impl Controller {
                 if self.running.contains_key(&index) {
                     return;
                 }
-                let (sweep, first) = Sweep::start(self.config.clone(), bounds, now);
+                let Some((sweep, first)) = Sweep::start(self.config.clone(), bounds, now) else {
+                    // Nothing to walk (the hub checks first): hand the miner straight back.
+                    self.emit(Output::Finished {
+                        index,
+                        restore: previous,
+                        summary: Box::new(super::sweep::summarise(
+                            &[],
+                            "nothing to test on this miner".into(),
+                        )),
+                    })
+                    .await;
+                    return;
+                };
                 self.emit(Output::Event(
                     json!({ "type": "benchmark_started", "miner": name,
-                    "from": clock_json(sweep.current()), "previous": clock_json(previous) }),
+                    "from": setting_json(&sweep.tested()), "previous": setting_json(&sweep.describe(previous)) }),
                 ))
                 .await;
                 self.running.insert(
