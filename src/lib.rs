@@ -16,16 +16,18 @@
 //!   that switches them and keeps them as wanted.
 //! - [`fleet`]: one poller task per miner, with its serialised command queue (a command-only task
 //!   for broadcast devices).
-//! - [`store`]: the sled history of every sample, tagged with its clock config; `store::history`
-//!   keeps it small (raw samples → 5-minute rollups → per-clock-config aggregates, compacted and
-//!   pruned in the background).
+//! - [`store`]: the sled history of every sample, tagged with its clock config; `store::writer`
+//!   writes the samples on a thread of its own (the hub never waits on the disk);
+//!   `store::history` keeps it small (raw samples → 5-minute rollups → per-clock-config
+//!   aggregates, compacted and pruned in the background).
 //! - [`mqtt`]: the MQTT session (persistent, will, birth, resubscribe on every ConnAck, outbound
 //!   queue) and the start-up check for another live instance on the same base topic.
 //! - [`hass`]: Home Assistant discovery payloads, state JSON and command parsing.
 //! - [`energy`]: prices (Octopus Agile, schedules, pushed), bands, the strategy and champion,
 //!   energy meters, and the controller task that runs them beside the hub.
-//! - [`tuning`]: benchmark sweeps of one chip (step up while it passes, more voltage on a fail),
-//!   the summary of their results, and the controller task that runs them beside the hub.
+//! - [`tuning`]: benchmark sweeps of one chip (step up while it passes, more voltage on a fail;
+//!   an Avalon's work modes compared one by one), the summary of their results, and the
+//!   controller task that runs them beside the hub.
 //! - [`report`]: which settings are best for a chip, from its history (per-config figures,
 //!   sessions, the Pareto front, the plot), and the raw-sample export; `miner2mqtt report` and
 //!   `export` read the store or ask the running daemon.

@@ -150,7 +150,8 @@ struct Hub {
     log_level: String,
     log_control: Option<LogControl>,
     exit: Option<Exit>,
-    store_failing: bool,
+    /// Puts the samples into the store on a thread of its own.
+    history_writer: crate::store::writer::Writer,
     /// Successful and failed polls since start, for health checks and the benchmark.
     polls_ok: u64,
     polls_failed: u64,
@@ -351,6 +352,8 @@ pub async fn run_with_clock(
         crate::tuning::task::spawn(config.benchmark.clone(), &tracker, pollers.clone());
     tracing::info!(miners = slots.len(), broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port), "miner2mqtt started");
 
+    let history = crate::store::writer::Writer::spawn(store.clone())
+        .map_err(|e| anyhow::anyhow!("cannot start the history writer thread: {e}"))?;
     let mut hub = Hub {
         log_level: config.log_level.clone(),
         config,
@@ -369,7 +372,7 @@ pub async fn run_with_clock(
         owned,
         log_control,
         exit: None,
-        store_failing: false,
+        history_writer: history,
         polls_ok: 0,
         polls_failed: 0,
         fleet_tx,
@@ -459,6 +462,7 @@ pub async fn run_with_clock(
         mqtt_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
     }
+    hub.history_writer.finish();
     match hub.store.flush() {
         Ok(_) => tracing::info!(path = %hub.store.path().display(), "history flushed"),
         Err(e) => tracing::error!(error = %e, "history flush failed"),
@@ -580,20 +584,8 @@ impl Hub {
             slot.store_number = self.store.miner_number(&hwid).ok();
         }
         if let Some(n) = slot.store_number {
-            let result = self
-                .store
-                .record(n, &Sample::from_telemetry(millis(at), &reading.telemetry));
-            match (result, self.store_failing) {
-                (Err(e), false) => {
-                    tracing::error!(error = %e, "cannot write history; samples are not being kept");
-                    self.store_failing = true;
-                }
-                (Ok(()), true) => {
-                    tracing::info!("history writes work again");
-                    self.store_failing = false;
-                }
-                _ => {}
-            }
+            self.history_writer
+                .record(n, Sample::from_telemetry(millis(at), &reading.telemetry));
         }
         let limits_changed = caps_changed || identity_changed;
         if limits_changed {
@@ -1086,14 +1078,23 @@ impl Hub {
                     ))
                 }
             }
-            "health_check" => Ok(json!({
+            "health_check" => {
+                use std::sync::atomic::Ordering::Relaxed;
+                let counts = self.history_writer.counts();
+                Ok(json!({
                 "healthy": true,
                 "instance": self.instance,
                 "miners": self.slots.len(),
                 "miners_online": self.slots.iter().filter(|s| s.online == Some(true)).count(),
                 "polls_ok": self.polls_ok,
                 "polls_failed": self.polls_failed,
-            })),
+                "history": {
+                    "written": counts.written.load(Relaxed),
+                    "dropped": counts.dropped.load(Relaxed),
+                    "failed": counts.failed.load(Relaxed),
+                },
+            }))
+            }
             "history" => self.history(&parsed),
             "decisions" => self.decisions(&parsed),
             "strategy" => self.energy_switch(Switch::Strategy, &text),

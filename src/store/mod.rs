@@ -13,6 +13,7 @@
 //! otherwise share a log with trees that only grow, and sled would not give their space back.
 
 pub mod history;
+pub mod writer;
 
 use crate::energy::meter::MeterRecord;
 use crate::energy::prices::{PriceSlot, SlotKind};
@@ -342,6 +343,16 @@ impl Store {
             .insert(key(miner, sample.at_ms), value)
             .map_err(|e| self.io(e))?;
         Ok(())
+    }
+
+    /// Records many samples at once (one sled batch), each of its store miner number.
+    pub fn record_all(&self, samples: &[(u32, Sample)]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (miner, sample) in samples {
+            let value = postcard::to_stdvec(sample).map_err(|e| self.io(e))?;
+            batch.insert(&key(*miner, sample.at_ms)[..], value);
+        }
+        self.samples.apply_batch(batch).map_err(|e| self.io(e))
     }
 
     /// The samples of one miner with `from_ms <= at < to_ms`, oldest first. A record that does
