@@ -364,3 +364,54 @@ async fn a_stalled_chip_is_restarted_no_more_often_than_the_cap_then_left_alone(
         .await;
     daemon.stop().await;
 }
+
+/// Regression: the watchdog took an Avalon's work modes in the order of their codes, so an
+/// overheating Mini 3 was put in heating mode (code 0, 800 W) rather than night mode (code 2,
+/// 500 W), and a step down from night went to mining (850 W). It now steps by power.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overheating_mini_3_goes_to_its_night_mode_the_one_that_draws_least() {
+    use miner2mqtt::sim::cgminer::{self, AvalonSpec, Model};
+    let rig = Rig::start(vec![]).await;
+    let mini = cgminer::start(
+        AvalonSpec::new(9, Model::Mini3),
+        "127.0.0.1:0".parse().unwrap(),
+        rig.cancel.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(mini.snapshot().mode, 1, "the simulator starts it mining");
+    let addr = mini.addr.to_string();
+    let t0 = Instant::now();
+    let daemon = Daemon::start(rig.config(&[], move |r| {
+        // Mining reads 75 °C on average in the simulator, night 65 °C.
+        r.safety.avalon.temp_limit = 70.0;
+        r.safety.avalon.temp_overheat = 74.0;
+        r.miners.push(miner2mqtt::config::RawMiner::new(
+            "mini",
+            miner2mqtt::config::MinerKind::Avalon,
+            &addr,
+        ));
+    }));
+    let deadline = Instant::now() + WAIT;
+    while mini.snapshot().mode != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the Mini 3 is in mode {}, not night (2); events: {:?}",
+            mini.snapshot().mode,
+            events(&rig, t0, "watchdog_action")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let action = &events(&rig, t0, "watchdog_action")[0];
+    assert_eq!(action["miner"], "mini", "{action}");
+    assert!(
+        !mini
+            .snapshot()
+            .commands
+            .iter()
+            .any(|c| c.contains("workmode,set,0")),
+        "never through heating mode: {:?}",
+        mini.snapshot().commands
+    );
+    daemon.stop().await;
+}

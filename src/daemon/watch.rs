@@ -19,12 +19,7 @@ impl Hub {
         let Some(limits) = &slot.limits else {
             return;
         };
-        let levels: Vec<String> = limits
-            .modes
-            .iter()
-            .filter(|(_, t)| matches!(t, ModeTarget::Level(_)))
-            .map(|(n, _)| n.clone())
-            .collect();
+        let levels = slot.levels_by_power();
         // The coolest clock preset (modes are in display order, the config's own after the
         // built-in ones), else the lowest frequency, else the lowest work mode.
         let coolest = limits
@@ -87,16 +82,11 @@ impl Hub {
         let Some(t) = slot.reading.as_ref().map(|r| &r.telemetry) else {
             return;
         };
-        let work_mode = t.work_mode.as_deref().and_then(|name| {
-            slot.limits
-                .as_ref()?
-                .modes
-                .iter()
-                .find_map(|(n, target)| match target {
-                    ModeTarget::Level(code) if n == name => Some(*code as usize),
-                    _ => None,
-                })
-        });
+        // Its place among its work modes, least power first (what the watchdog steps through).
+        let work_mode = t
+            .work_mode
+            .as_deref()
+            .and_then(|name| slot.levels_by_power().iter().position(|n| n == name));
         let reading = Reading {
             asic_temp: t.asic_temp,
             vr_temp: t.vr_temp,
@@ -168,5 +158,30 @@ impl Hub {
                 self.publish_state(index);
             }
         }
+    }
+}
+
+impl super::Slot {
+    /// Its firmware's work modes least power first: the adapter's order where it knows one
+    /// (Mini 3), else the order of their codes.
+    fn levels_by_power(&self) -> Vec<String> {
+        let by_power = self
+            .reading
+            .as_ref()
+            .map(|r| &r.capabilities.work_modes_by_power)
+            .filter(|l| !l.is_empty());
+        if let Some(l) = by_power {
+            return l.clone();
+        }
+        self.limits
+            .as_ref()
+            .map(|l| {
+                l.modes
+                    .iter()
+                    .filter(|(_, t)| matches!(t, ModeTarget::Level(_)))
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }

@@ -117,6 +117,15 @@ impl Model {
         }
     }
 
+    /// The work mode codes least power first, where that is not code order: the Mini 3 heats
+    /// at 800 W (heating), mines at 850 W (mining) and runs quiet at 500 W (night).
+    pub fn codes_by_power(&self) -> &'static [usize] {
+        match self {
+            Model::Mini3 => &[2, 0, 1],
+            _ => &[],
+        }
+    }
+
     /// Whether the firmware takes `softoff`/`softon` (standby without a reboot).
     pub fn soft_off(&self) -> bool {
         matches!(self, Model::Mini3 | Model::Q)
@@ -517,6 +526,11 @@ pub fn parse_reading(
             Vec::new()
         },
         work_modes: modes.iter().map(|m| m.to_string()).collect(),
+        work_modes_by_power: model
+            .codes_by_power()
+            .iter()
+            .filter_map(|c| modes.get(*c).map(|m| m.to_string()))
+            .collect(),
         absent_sensors,
         extra_sensors: Vec::new(),
     };

@@ -146,6 +146,7 @@ pub fn parse_system_info(body: &[u8]) -> Result<SystemInfo, String> {
         pause: generation >= Generation::V2_14 && generation != Generation::NerdQaxe,
         pools: Vec::new(),
         work_modes: Vec::new(),
+        work_modes_by_power: Vec::new(),
         absent_sensors: Vec::new(),
         extra_sensors: Vec::new(),
     };

@@ -164,6 +164,10 @@ pub struct Capabilities {
     /// Work modes the firmware switches between itself (Avalon: low, medium, high), in the
     /// order of their codes. Empty when modes are clock presets.
     pub work_modes: Vec<String>,
+    /// The same work modes, least power first, where that is not the order of their codes (the
+    /// Mini 3's night mode, code 2, draws the least); empty means code order. The watchdog
+    /// steps down in this order.
+    pub work_modes_by_power: Vec<String>,
     /// State keys this family never reports; their sensors are not offered.
     pub absent_sensors: Vec<&'static str>,
     /// Sensors beyond the common set.

@@ -159,6 +159,13 @@ impl Device {
         self.spec.model.modes()[self.mode as usize].1
     }
 
+    /// How many of its modes draw less than the one it is in.
+    fn power_rank(&self) -> u32 {
+        let modes = self.spec.model.modes();
+        let w = modes[self.mode as usize].1;
+        modes.iter().filter(|m| m.1 < w).count() as u32
+    }
+
     /// The rate the firmware expects in this mode (`GHSmm`), not the live one.
     fn nominal_ghs(&self) -> f64 {
         self.spec.model.modes()[self.mode as usize].0 * 1000.0
@@ -239,7 +246,9 @@ impl Device {
         let (tmax, tavg) = if off {
             (0, 0)
         } else {
-            (70 + self.mode as u32 * 5, 65 + self.mode as u32 * 5)
+            // Hotter the more it draws (the Mini 3's night mode, code 2, draws the least).
+            let rank = self.power_rank();
+            (70 + rank * 5, 65 + rank * 5)
         };
         let rpm = if off { 0 } else { self.fan_pct() as u32 * 30 };
         let fan = if off { 0 } else { self.fan_pct() };
