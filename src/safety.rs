@@ -50,6 +50,8 @@ pub struct Limits {
     /// (`eco`) and fastest (`turbo`): the roles a band's `eco`/`turbo` target means, by index
     /// into `modes`.
     pub roles: Vec<(String, usize)>,
+    /// The firmware's work modes least power first, where that is not code order (Mini 3).
+    pub modes_by_power: Vec<String>,
     pub pools: Vec<String>,
 }
 
@@ -190,6 +192,7 @@ impl Limits {
             pause: caps.pause,
             modes,
             roles: Vec::new(),
+            modes_by_power: caps.work_modes_by_power.clone(),
             pools: caps.pools.iter().map(|p| p.label.clone()).collect(),
         };
         (limits, warnings)

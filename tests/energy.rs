@@ -392,3 +392,53 @@ async fn without_an_energy_section_each_miners_energy_is_still_metered() {
     energy_above(&rig, "gamma-1", e).await;
     daemon.stop().await;
 }
+
+/// Regression: the strategy took an Avalon's work modes in the order of their codes, so a Mini 3
+/// in an `eco` band (or left in its "lowest" mode) heated at 800 W in heating mode (code 0)
+/// rather than running at 500 W in night mode (code 2). It now takes them least power first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mini_3_in_an_eco_band_runs_in_its_night_mode() {
+    use miner2mqtt::sim::cgminer::{self, AvalonSpec, Model};
+    let rig = Rig::start(vec![]).await;
+    let mini = cgminer::start(
+        AvalonSpec::new(11, Model::Mini3),
+        "127.0.0.1:0".parse().unwrap(),
+        rig.cancel.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(mini.snapshot().mode, 1, "the simulator starts it mining");
+    let addr = mini.addr.to_string();
+    let daemon = Daemon::start(rig.config(&[], move |raw| {
+        raw.energy = Some(
+            serde_json::from_value(json!({
+                "source": "schedule",
+                "schedule": { "price": 15 },
+                "min_dwell": "0s",
+                "bands": [
+                    { "name": "normal", "below": 20, "target": { "default": "eco" } },
+                    { "name": "expensive", "target": { "default": "off" } },
+                ],
+            }))
+            .unwrap(),
+        );
+        raw.miners.push(miner2mqtt::config::RawMiner::new(
+            "mini",
+            miner2mqtt::config::MinerKind::Avalon,
+            &addr,
+        ));
+    }));
+    let state = mode_becomes(&rig, "mini", "night").await;
+    assert_eq!(state["mode"], "night");
+    assert_eq!(mini.snapshot().mode, 2);
+    assert!(
+        !mini
+            .snapshot()
+            .commands
+            .iter()
+            .any(|c| c.contains("workmode,set,0")),
+        "{:?}",
+        mini.snapshot().commands
+    );
+    daemon.stop().await;
+}

@@ -34,14 +34,33 @@ impl Hub {
             return;
         };
         let limits = slot.limits.as_ref();
+        // Least power first: the strategy's "lowest mode", and `eco`/`turbo` before a benchmark,
+        // are the first and the last.
+        let modes: Vec<String> = match slot.modes_by_power() {
+            Some(by_power) => by_power.to_vec(),
+            None => limits
+                .map(|l| l.modes.iter().map(|(n, _)| n.clone()).collect())
+                .unwrap_or_default(),
+        };
+        // The roles name modes by their place in the limits' list; the strategy's list may be
+        // in another order.
+        let roles = limits
+            .map(|l| {
+                l.roles
+                    .iter()
+                    .filter_map(|(role, i)| {
+                        let name = &l.modes.get(*i)?.0;
+                        Some((role.clone(), modes.iter().position(|m| m == name)?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let info = MinerInfo {
             index: i,
             name: slot.config.name.clone(),
             family: slot.config.kind.family(),
-            modes: limits
-                .map(|l| l.modes.iter().map(|(n, _)| n.clone()).collect())
-                .unwrap_or_default(),
-            roles: limits.map(|l| l.roles.clone()).unwrap_or_default(),
+            modes,
+            roles,
             can_pause: limits.is_some_and(|l| l.pause),
             plug: slot.config.power.is_some(),
         };
@@ -54,9 +73,12 @@ impl Hub {
         let slot = &self.slots[i];
         let t = slot.reading.as_ref().map(|r| &r.telemetry);
         let limits = slot.limits.as_ref();
-        let mode = t
-            .and_then(|t| state::mode(t, limits))
-            .and_then(|name| limits.and_then(|l| l.modes.iter().position(|(n, _)| n == name)));
+        let mode =
+            t.and_then(|t| state::mode(t, limits))
+                .and_then(|name| match slot.modes_by_power() {
+                    Some(by_power) => by_power.iter().position(|n| n == name),
+                    None => limits.and_then(|l| l.modes.iter().position(|(n, _)| n == name)),
+                });
         let off = self.off_on_purpose(i);
         let slot = &self.slots[i];
         let status = MinerStatus {

@@ -165,13 +165,8 @@ impl super::Slot {
     /// Its firmware's work modes least power first: the adapter's order where it knows one
     /// (Mini 3), else the order of their codes.
     fn levels_by_power(&self) -> Vec<String> {
-        let by_power = self
-            .reading
-            .as_ref()
-            .map(|r| &r.capabilities.work_modes_by_power)
-            .filter(|l| !l.is_empty());
-        if let Some(l) = by_power {
-            return l.clone();
+        if let Some(l) = self.modes_by_power() {
+            return l.to_vec();
         }
         self.limits
             .as_ref()
@@ -183,5 +178,14 @@ impl super::Slot {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The adapter's least-power-first order of the firmware's work modes, where it differs
+    /// from their codes' (Mini 3); borrowed, for the per-reading paths.
+    pub(super) fn modes_by_power(&self) -> Option<&[String]> {
+        self.limits
+            .as_ref()
+            .map(|l| l.modes_by_power.as_slice())
+            .filter(|l| !l.is_empty())
     }
 }

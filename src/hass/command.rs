@@ -175,6 +175,7 @@ mod tests {
                 }),
             )],
             roles: vec![],
+            modes_by_power: vec![],
             pools: vec![],
         }
     }
