@@ -398,17 +398,10 @@ async fn without_an_energy_section_each_miners_energy_is_still_metered() {
 /// rather than running at 500 W in night mode (code 2). It now takes them least power first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mini_3_in_an_eco_band_runs_in_its_night_mode() {
-    use miner2mqtt::sim::cgminer::{self, AvalonSpec, Model};
+    use miner2mqtt::sim::cgminer::{AvalonSpec, Model};
     let rig = Rig::start(vec![]).await;
-    let mini = cgminer::start(
-        AvalonSpec::new(11, Model::Mini3),
-        "127.0.0.1:0".parse().unwrap(),
-        rig.cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let (mini, entry) = avalon_beside(&rig, AvalonSpec::new(11, Model::Mini3), "mini").await;
     assert_eq!(mini.snapshot().mode, 1, "the simulator starts it mining");
-    let addr = mini.addr.to_string();
     let daemon = Daemon::start(rig.config(&[], move |raw| {
         raw.energy = Some(
             serde_json::from_value(json!({
@@ -422,11 +415,7 @@ async fn a_mini_3_in_an_eco_band_runs_in_its_night_mode() {
             }))
             .unwrap(),
         );
-        raw.miners.push(miner2mqtt::config::RawMiner::new(
-            "mini",
-            miner2mqtt::config::MinerKind::Avalon,
-            &addr,
-        ));
+        raw.miners.push(entry);
     }));
     let state = mode_becomes(&rig, "mini", "night").await;
     assert_eq!(state["mode"], "night");

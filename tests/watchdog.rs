@@ -370,27 +370,16 @@ async fn a_stalled_chip_is_restarted_no_more_often_than_the_cap_then_left_alone(
 /// 500 W), and a step down from night went to mining (850 W). It now steps by power.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overheating_mini_3_goes_to_its_night_mode_the_one_that_draws_least() {
-    use miner2mqtt::sim::cgminer::{self, AvalonSpec, Model};
+    use miner2mqtt::sim::cgminer::{AvalonSpec, Model};
     let rig = Rig::start(vec![]).await;
-    let mini = cgminer::start(
-        AvalonSpec::new(9, Model::Mini3),
-        "127.0.0.1:0".parse().unwrap(),
-        rig.cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let (mini, entry) = avalon_beside(&rig, AvalonSpec::new(9, Model::Mini3), "mini").await;
     assert_eq!(mini.snapshot().mode, 1, "the simulator starts it mining");
-    let addr = mini.addr.to_string();
     let t0 = Instant::now();
     let daemon = Daemon::start(rig.config(&[], move |r| {
         // Mining reads 75 °C on average in the simulator, night 65 °C.
         r.safety.avalon.temp_limit = 70.0;
         r.safety.avalon.temp_overheat = 74.0;
-        r.miners.push(miner2mqtt::config::RawMiner::new(
-            "mini",
-            miner2mqtt::config::MinerKind::Avalon,
-            &addr,
-        ));
+        r.miners.push(entry);
     }));
     let deadline = Instant::now() + WAIT;
     while mini.snapshot().mode != 2 {

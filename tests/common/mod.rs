@@ -449,3 +449,25 @@ impl Drop for Rig {
         self.cancel.cancel();
     }
 }
+
+/// A simulated Avalon of `spec` on a free loopback port, stopped with the rig, and the miner
+/// entry for it in a config.
+pub async fn avalon_beside(
+    rig: &Rig,
+    spec: miner2mqtt::sim::cgminer::AvalonSpec,
+    name: &str,
+) -> (
+    miner2mqtt::sim::cgminer::SimAvalon,
+    miner2mqtt::config::RawMiner,
+) {
+    let sim =
+        miner2mqtt::sim::cgminer::start(spec, "127.0.0.1:0".parse().unwrap(), rig.cancel.clone())
+            .await
+            .unwrap();
+    let miner = miner2mqtt::config::RawMiner::new(
+        name,
+        miner2mqtt::config::MinerKind::Avalon,
+        &sim.addr.to_string(),
+    );
+    (sim, miner)
+}
