@@ -239,6 +239,22 @@ impl Limits {
         }
     }
 
+    /// The code of the firmware work mode named `name`.
+    pub fn level_of(&self, name: &str) -> Option<u8> {
+        self.modes.iter().find_map(|(n, t)| match t {
+            ModeTarget::Level(code) if n == name => Some(*code),
+            _ => None,
+        })
+    }
+
+    /// The name of the firmware work mode with code `code`.
+    pub fn level_name(&self, code: u8) -> Option<&str> {
+        self.modes
+            .iter()
+            .find(|(_, t)| *t == ModeTarget::Level(code))
+            .map(|(n, _)| n.as_str())
+    }
+
     /// The mode whose preset matches the clock now, if any.
     pub fn mode_of(&self, clock: Option<ClockConfig>) -> Option<&str> {
         let clock = ModeTarget::Clock(clock?);

@@ -18,7 +18,7 @@ pub mod task;
 pub mod watchdog;
 
 use crate::miner::{Command, Telemetry};
-use crate::safety::{Limits, ModeTarget};
+use crate::safety::Limits;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
@@ -157,12 +157,9 @@ pub fn raises(command: &Command, now: Option<&Telemetry>, limits: Option<&Limits
                 || above(c.core_voltage_mv, t(|t| t.core_voltage))
         }
         Command::SetWorkMode(code) => {
-            let current = now.and_then(|t| t.work_mode.as_deref()).and_then(|name| {
-                limits?.modes.iter().find_map(|(n, target)| match target {
-                    ModeTarget::Level(c) if n == name => Some(*c),
-                    _ => None,
-                })
-            });
+            let current = now
+                .and_then(|t| t.work_mode.as_deref())
+                .and_then(|name| limits?.level_of(name));
             current.is_none_or(|c| *code > c)
         }
         Command::SetFanSpeed(p) => t(|t| t.fan_speed).is_none_or(|f| (*p as f64) < f - 0.5),

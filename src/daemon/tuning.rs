@@ -133,7 +133,7 @@ impl Hub {
             let previous = t
                 .work_mode
                 .as_deref()
-                .and_then(|m| work_modes.iter().position(|n| n == m))
+                .and_then(|m| limits.level_of(m))
                 .ok_or_else(|| format!("{name} does not report which work mode it is in"))?;
             let bounds = Bounds {
                 walk: Walk::Modes(work_modes),
@@ -142,7 +142,7 @@ impl Hub {
                 // The firmware's modes are the maker's own; only a configured limit applies.
                 max_power: self.config.benchmark.max_power.unwrap_or(f64::INFINITY),
             };
-            return Ok((bounds, ModeTarget::Level(previous as u8)));
+            return Ok((bounds, ModeTarget::Level(previous)));
         }
         let (Some(frequency), Some(core_voltage)) =
             (limits.frequency_mhz.clone(), limits.core_voltage_mv.clone())
@@ -221,13 +221,10 @@ impl Hub {
         let Some(t) = slot.reading.as_ref().map(|r| &r.telemetry) else {
             return;
         };
-        let level = t.work_mode.as_deref().and_then(|m| {
-            let modes = &slot.limits.as_ref()?.modes;
-            match modes.iter().find(|(n, _)| n == m)?.1 {
-                ModeTarget::Level(l) => Some(l),
-                ModeTarget::Clock(_) => None,
-            }
-        });
+        let level = t
+            .work_mode
+            .as_deref()
+            .and_then(|m| slot.limits.as_ref()?.level_of(m));
         let sample = Sample {
             clock: t.clock(),
             level,
@@ -300,8 +297,7 @@ impl Hub {
                 let name = self.slots[i]
                     .limits
                     .as_ref()
-                    .and_then(|lim| lim.modes.iter().find(|(_, m)| *m == t))
-                    .map(|(n, _)| n.clone());
+                    .and_then(|lim| lim.level_name(l));
                 json!({ "mode": name, "level": l })
             }
         }
